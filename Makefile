@@ -1,0 +1,77 @@
+# sparse3d: the user's entry point. `make demo` and `make test` do all the set-up on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU wheel by default. A CUDA user picks their wheel, e.g.
+#   make setup TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+SYSTEM_PACKAGES ?= libgl1 libgomp1 libusb-1.0-0
+STAMP := $(VENV)/.sparse3d-setup
+# nbdev_test runs notebooks in parallel: one BLAS thread each keeps 2 cores from thrashing.
+TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg PYTHONHASHSEED=0
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: help setup test test-all lab readme check-clean check-export check-readme nbtest pytest clean
+
+help:
+	@echo "make demo      render synthetic chairs, preprocess, train, evaluate (arrives with the training issue)"
+	@echo "make test      set up, check notebooks/package/README are in sync, run notebook tests and pytest"
+	@echo "make test-all  the same with slow and browser tests"
+	@echo "make lab       JupyterLab on the workbook (k3d and ipywidgets ready)"
+	@echo "make readme    regenerate README.md from nbs/index.ipynb"
+
+setup: $(STAMP)
+
+# Re-run only when the requirements change: the second `make setup` is a no-op.
+$(STAMP): settings.ini setup.py tools/ensure_system_packages.sh
+	@tools/ensure_system_packages.sh $(SYSTEM_PACKAGES)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing $(TORCH_SPEC) first (a bare 'torch' requirement would pull a multi-GB CUDA build)"
+	@$(BIN)/pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	@echo "Installing sparse3d and its development tools"
+	@$(BIN)/pip install -q -e ".[dev]"
+	@$(BIN)/pip check
+	@touch $@
+
+# --- checks: the notebooks are the source, everything else must match them ---
+check-clean: setup
+	@$(BIN)/nbdev_clean
+	@if [ -n "$$(git status --porcelain -- nbs)" ]; then \
+	  git status --porcelain -- nbs; \
+	  echo "nbs/ is not clean after nbdev_clean (or has uncommitted changes): run 'nbdev_clean' and commit."; exit 1; fi
+
+check-export: setup
+	@$(BIN)/nbdev_export
+	@if [ -n "$$(git status --porcelain -- sparse3d)" ]; then \
+	  git status --porcelain -- sparse3d; \
+	  echo "sparse3d/ differs from what the notebooks export: run 'nbdev_export' and commit (never edit sparse3d/*.py by hand)."; exit 1; fi
+
+readme: setup
+	@$(BIN)/python tools/build_readme.py nbs/index.ipynb README.md
+
+check-readme: setup
+	@$(BIN)/python tools/build_readme.py nbs/index.ipynb - | diff -u README.md - \
+	  || { echo "README.md is out of date with nbs/index.ipynb: run 'make readme' and commit."; exit 1; }
+
+nbtest: setup
+	@$(TEST_ENV) $(BIN)/nbdev_test --n_workers 2 --timing $(NBFLAGS)
+
+pytest: setup
+	@$(TEST_ENV) $(BIN)/python -m pytest -p no:dash tests $(PYTEST_ARGS)
+
+test: check-clean check-export check-readme
+	@$(MAKE) --no-print-directory nbtest
+	@$(MAKE) --no-print-directory pytest PYTEST_ARGS='-m "not slow and not browser and not cuda"'
+
+test-all: check-clean check-export check-readme
+	@$(MAKE) --no-print-directory nbtest NBFLAGS='--flags "slow browser"'
+	@$(MAKE) --no-print-directory pytest PYTEST_ARGS='-m "not cuda"'
+
+lab: setup
+	@$(BIN)/jupyter lab --notebook-dir=. --no-browser $$( [ "$$(id -u)" -eq 0 ] && echo --allow-root )
+
+clean:
+	rm -rf _docs _proc .pytest_cache
