@@ -6,7 +6,7 @@
 __all__ = ['Sparse3DError', 'ConfigError', 'DataError', 'CheckpointError', 'atomic_write', 'Config', 'check_value', 'load_config',
            'reference_config_path', 'config_to_yaml', 'save_config', 'config_table']
 
-# %% ../nbs/00_config.ipynb #de1d7ee9
+# %% ../nbs/00_config.ipynb #3d2ecd38
 import contextlib, dataclasses, difflib, importlib.resources, os, tempfile
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import yaml
 
-# %% ../nbs/00_config.ipynb #e590da86
+# %% ../nbs/00_config.ipynb #d520c088
 class Sparse3DError(Exception):
     "Base of every error sparse3d raises on purpose: the message names the file, what is wrong, and what to do."
 
@@ -27,7 +27,7 @@ class DataError(Sparse3DError, ValueError):
 class CheckpointError(Sparse3DError, RuntimeError):
     "A checkpoint that is missing, corrupt, unsafe, or made for another architecture."
 
-# %% ../nbs/00_config.ipynb #6c48fcd5
+# %% ../nbs/00_config.ipynb #d50210a7
 @contextlib.contextmanager
 def atomic_write(path, mode='wb', encoding=None):
     "Open a temporary file beside `path`; on success it replaces `path` atomically, on error it is removed."
@@ -44,7 +44,7 @@ def atomic_write(path, mode='wb', encoding=None):
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
 
-# %% ../nbs/00_config.ipynb #51995831
+# %% ../nbs/00_config.ipynb #374ff232
 def _knob(default, help, check=None, allowed=''):
     "A dataclass field with its help text and a validation predicate described by `allowed`"
     return field(default=default, metadata=dict(help=help, check=check, allowed=allowed))
@@ -53,7 +53,7 @@ _pos = lambda v: v > 0
 _nonneg = lambda v: v >= 0
 _prob = lambda v: 0 <= v <= 1
 
-# %% ../nbs/00_config.ipynb #890a4d8e
+# %% ../nbs/00_config.ipynb #64b40b16
 @dataclass
 class Config:
     "Every knob of sparse3d. Build it with `load_config`, which validates; `Config()` is the reference setup."
@@ -93,10 +93,14 @@ class Config:
     crop_margin: float = _knob(0.1, 'margin around the mask when cropping, as a fraction of its size',
                                lambda v: 0 <= v <= 1, 'in [0, 1]')
     adv_weight: float = _knob(1.0, 'weight of the adversarial loss for encoder and generator', _nonneg, '>= 0')
+    dice_weight: float = _knob(1.0, 'weight of the Dice term added to the occupancy loss', _nonneg, '>= 0')
+    pos_weight: Optional[float] = _knob(None, 'BCE weight of occupied cells; None: empty/occupied ratio of the batch',
+                                        _pos, '> 0 or null')
+    label_smoothing: float = _knob(0.1, 'real labels of the discriminator are 1 - this', lambda v: 0 <= v < 0.5, 'in [0, 0.5)')
     threshold: Optional[float] = _knob(None, 'occupancy threshold; None uses the one stored with the model',
                                        lambda v: 0 < v < 1, 'in (0, 1) or null')
 
-# %% ../nbs/00_config.ipynb #0f1949d2
+# %% ../nbs/00_config.ipynb #7c27cc99
 _TRUE, _FALSE = ('true', 'yes', 'on', '1'), ('false', 'no', 'off', '0')
 _TYPE_NAMES = {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string'}
 
@@ -126,7 +130,7 @@ def _field_type(f):
     if args and type(None) in args: return next(a for a in args if a is not type(None)), True
     return t, False
 
-# %% ../nbs/00_config.ipynb #f511d223
+# %% ../nbs/00_config.ipynb #80a18323
 _FIELDS = {f.name: f for f in fields(Config)}
 
 def check_value(key, value, source='the configuration'):
@@ -151,7 +155,7 @@ def check_value(key, value, source='the configuration'):
         raise ConfigError(f"{source}: '{key}' = {value!r} is out of range; allowed: {allowed}.")
     return v
 
-# %% ../nbs/00_config.ipynb #094ffab9
+# %% ../nbs/00_config.ipynb #c5724881
 def _read_yaml(path):
     "The mapping stored in YAML file `path`, or a `ConfigError` saying what is wrong with it"
     path = Path(path)
@@ -168,7 +172,7 @@ def _read_yaml(path):
         raise ConfigError(f"{path}: a config file must be a mapping of 'key: value' lines, got a {type(d).__name__}.")
     return d
 
-# %% ../nbs/00_config.ipynb #ee995d54
+# %% ../nbs/00_config.ipynb #14ca0255
 def load_config(path=None, **overrides) -> Config:
     "A validated `Config`: defaults, updated by YAML file `path`, updated by the non-None `overrides`"
     values = asdict(Config())
@@ -178,7 +182,7 @@ def load_config(path=None, **overrides) -> Config:
         if v is not None: values[k] = check_value(k, v, 'command line')
     return Config(**values)
 
-# %% ../nbs/00_config.ipynb #61c6b795
+# %% ../nbs/00_config.ipynb #d7d4f1aa
 def reference_config_path() -> Path:
     "Path of the reference configuration shipped with the package"
     return Path(str(importlib.resources.files('sparse3d')/'configs'/'pose.yaml'))
@@ -192,7 +196,7 @@ def save_config(cfg: Config, path):
     with atomic_write(path, 'w', encoding='utf-8') as f: f.write(config_to_yaml(cfg))
     return Path(path)
 
-# %% ../nbs/00_config.ipynb #fbf1f910
+# %% ../nbs/00_config.ipynb #fe1ab140
 def config_table() -> str:
     "Markdown table of every knob: name, default, allowed values, meaning"
     rows = ['| key | default | allowed | meaning |', '|---|---|---|---|']
