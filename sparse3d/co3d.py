@@ -10,7 +10,7 @@ __all__ = ['INTRINSICS_FORMATS', 'save_jgz', 'Camera', 'viewpoint_to_camera', 'c
            'save_depth_mask', 'save_depth', 'load_pointcloud', 'save_pointcloud', 'list_categories', 'load_subsets',
            'load_set_list', 'Co3dSequence', 'Co3dCategory']
 
-# %% ../nbs/02_co3d.ipynb #1a534ad6
+# %% ../nbs/02_co3d.ipynb #5fa2f48e
 import dataclasses, gzip, json, math, os, zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .config import DataError, atomic_write
 
-# %% ../nbs/02_co3d.ipynb #7940ef83
+# %% ../nbs/02_co3d.ipynb #589037d0
 @dataclass
 class Camera:
     "OpenCV pinhole camera: `x_cam = R @ x_world + t`, pixel intrinsics `K`, image size `(H, W)`"
@@ -54,7 +54,7 @@ class Camera:
             uv = (cam @ self.K.T)[:, :2] / z[:, None]
         return uv, z
 
-# %% ../nbs/02_co3d.ipynb #0a587f7d
+# %% ../nbs/02_co3d.ipynb #32a0733f
 INTRINSICS_FORMATS = ('ndc_isotropic', 'ndc_norm_image_bounds')
 _FLIP = np.diag([-1.0, -1.0, 1.0])
 
@@ -84,7 +84,7 @@ def camera_to_viewpoint(cam: Camera, intrinsics_format='ndc_isotropic') -> dict:
                 principal_point=[(W / 2 - K[0, 2]) / sx, (H / 2 - K[1, 2]) / sy],
                 intrinsics_format=intrinsics_format)
 
-# %% ../nbs/02_co3d.ipynb #97a8b3b7
+# %% ../nbs/02_co3d.ipynb #6d105b08
 def look_at(eye, target, up=(0, 1, 0), K=None, image_size=(128, 128), fov_deg=40.0) -> Camera:
     "OpenCV `Camera` at `eye` looking at `target`, image up roughly along `up`; `K` from `fov_deg` when not given"
     eye, target, up = (np.asarray(a, np.float64) for a in (eye, target, up))
@@ -99,7 +99,7 @@ def look_at(eye, target, up=(0, 1, 0), K=None, image_size=(128, 128), fov_deg=40
         K = [[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]]
     return Camera(K, R, -R @ eye, image_size)
 
-# %% ../nbs/02_co3d.ipynb #5bebdb55
+# %% ../nbs/02_co3d.ipynb #8851930d
 @dataclass
 class FrameAnnotation:
     "One frame of a CO3D sequence; paths are relative to the dataset root"
@@ -129,7 +129,7 @@ class SequenceAnnotation:
     point_cloud_quality_score: Optional[float] = None
     viewpoint_quality_score: Optional[float] = None
 
-# %% ../nbs/02_co3d.ipynb #ab8934b5
+# %% ../nbs/02_co3d.ipynb #0c30dba4
 def _get(d, keys, typ, where, required=True):
     "Value at nested `keys` of dict `d`, checked to be of `typ`, else a `DataError` naming `where`"
     v = d
@@ -165,7 +165,7 @@ def _viewpoint(d, where):
     if min(out['focal_length']) <= 0: raise DataError(f"{where}: 'viewpoint.focal_length' must be positive, got {out['focal_length']}.")
     return out
 
-# %% ../nbs/02_co3d.ipynb #693d8944
+# %% ../nbs/02_co3d.ipynb #d3f22cf5
 def frame_from_dict(d, where='frame annotation') -> FrameAnnotation:
     "A checked `FrameAnnotation` from one record of `frame_annotations.jgz`"
     if not isinstance(d, dict): raise DataError(f"{where}: expected a JSON object, got {type(d).__name__}.")
@@ -194,7 +194,7 @@ def sequence_from_dict(d, where='sequence annotation') -> SequenceAnnotation:
         point_cloud_quality_score=num(['point_cloud', 'quality_score']) if pc else None,
         viewpoint_quality_score=num(['viewpoint_quality_score']))
 
-# %% ../nbs/02_co3d.ipynb #dbca6a52
+# %% ../nbs/02_co3d.ipynb #8cc5f086
 def frame_to_dict(f: FrameAnnotation) -> dict:
     "The `frame_annotations.jgz` record of `f`"
     return dict(sequence_name=f.sequence_name, frame_number=f.frame_number, frame_timestamp=f.frame_timestamp,
@@ -208,7 +208,7 @@ def sequence_to_dict(s: SequenceAnnotation) -> dict:
     return dict(sequence_name=s.sequence_name, category=s.category, video_length=s.video_length, point_cloud=pc,
                 viewpoint_quality_score=s.viewpoint_quality_score)
 
-# %% ../nbs/02_co3d.ipynb #bc0b375e
+# %% ../nbs/02_co3d.ipynb #b776a564
 def load_json(path):
     "The JSON value in file `path` (`.jgz`: gzip-compressed), or a `DataError` naming the file"
     path = Path(path)
@@ -231,7 +231,7 @@ def save_json(path, obj):
 
 save_jgz = save_json
 
-# %% ../nbs/02_co3d.ipynb #f3ba0dfa
+# %% ../nbs/02_co3d.ipynb #2216d32e
 def _load_list(path, parse):
     "Records of the JSON list in `path`, each parsed by `parse(record, where)`"
     data = load_json(path)
@@ -246,7 +246,7 @@ def load_sequence_annotations(path) -> list:
     "The `SequenceAnnotation`s in `sequence_annotations.jgz` file `path`"
     return _load_list(path, sequence_from_dict)
 
-# %% ../nbs/02_co3d.ipynb #6b8a9003
+# %% ../nbs/02_co3d.ipynb #b38bb3f2
 def resolve_in_root(root, rel, what='path') -> Path:
     "Absolute path of annotation path `rel` inside dataset `root`; `DataError` if it leads outside"
     root = Path(root).resolve()
@@ -259,7 +259,7 @@ def resolve_in_root(root, rel, what='path') -> Path:
         raise DataError(f"{root}: {what} {rel!r} leads outside the dataset root (to {full}). Refusing to follow it.")
     return full
 
-# %% ../nbs/02_co3d.ipynb #88508993
+# %% ../nbs/02_co3d.ipynb #cc70eaad
 def _open_image(path, what):
     "A fully decoded PIL image from `path`, or a `DataError` naming the file"
     path = Path(path)
@@ -298,7 +298,7 @@ def is_blank(image, tol=1 / 255) -> bool:
     "Whether `image` is all black (CO3D redacts some test frames this way)"
     return float(np.max(image, initial=0)) <= tol
 
-# %% ../nbs/02_co3d.ipynb #9a098898
+# %% ../nbs/02_co3d.ipynb #b6a62070
 def save_image(path, rgb, quality=92):
     "Write `rgb` (uint8 `[H, W, 3]`, or float in [0, 1]) as a JPEG, atomically"
     rgb = np.asarray(rgb)
@@ -325,7 +325,7 @@ def save_depth(path, depth, scale_adjustment=1.0):
         raise ValueError("depth / scale_adjustment must be finite, >= 0 and at most 65504 (float16); choose a larger scale_adjustment")
     return _save_png(path, v.astype(np.float16).view(np.uint16))
 
-# %% ../nbs/02_co3d.ipynb #c21b1678
+# %% ../nbs/02_co3d.ipynb #511c208d
 _PLY_SIZES = {'char': 1, 'uchar': 1, 'int8': 1, 'uint8': 1, 'short': 2, 'ushort': 2, 'int16': 2, 'uint16': 2,
               'int': 4, 'uint': 4, 'int32': 4, 'uint32': 4, 'float': 4, 'float32': 4, 'double': 8, 'float64': 8}
 
@@ -357,7 +357,7 @@ def _check_ply(path):
     if fmt not in ('binary_little_endian', 'ascii', 'binary_big_endian'): raise DataError(f"{path}: unknown PLY format {fmt!r}.")
     return n
 
-# %% ../nbs/02_co3d.ipynb #2a81c2a3
+# %% ../nbs/02_co3d.ipynb #cf2d8987
 def load_pointcloud(path):
     "`(xyz, normals, rgb)` of the PLY point cloud at `path`: float32 `[N, 3]`, float32 `[N, 3]` or None, uint8 `[N, 3]` or None"
     import open3d as o3d
@@ -384,7 +384,7 @@ def save_pointcloud(path, xyz, normals=None, rgb=None):
     if normals is not None: pc.point.normals = o3d.core.Tensor(np.ascontiguousarray(normals, np.float32))
     if rgb is not None: pc.point.colors = o3d.core.Tensor(np.ascontiguousarray(rgb, np.uint8))
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp.ply')        # open3d writes by name: write beside, then rename
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.{id(pc):x}.tmp.ply')   # open3d writes by name: a unique name beside, then rename
     try:
         if not o3d.t.io.write_point_cloud(str(tmp), pc, write_ascii=False): raise OSError(f"open3d could not write {tmp}")
         os.replace(tmp, path)
@@ -392,7 +392,7 @@ def save_pointcloud(path, xyz, normals=None, rgb=None):
         if tmp.exists(): tmp.unlink()
     return path
 
-# %% ../nbs/02_co3d.ipynb #d2cce748
+# %% ../nbs/02_co3d.ipynb #c084588b
 def list_categories(root) -> list:
     "Categories under CO3D root `root`: the folders holding a `frame_annotations.jgz`"
     root = Path(root)
@@ -419,7 +419,7 @@ def load_set_list(root, category, subset=None) -> dict:
         except (TypeError, ValueError): raise DataError(f"{p}: split {split!r} entries must be [sequence_name, frame_number, image_path].") from None
     return out
 
-# %% ../nbs/02_co3d.ipynb #6063a78d
+# %% ../nbs/02_co3d.ipynb #aa02be49
 @dataclass
 class Co3dSequence:
     "A sequence: its annotation and its frames in `frame_number` order"
