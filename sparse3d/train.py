@@ -6,10 +6,10 @@
 __all__ = ['CHECKPOINT_FORMAT', 'ARCH_KEYS', 'REQUIRED_KEYS', 'THRESHOLDS', 'OOM_HELP', 'resolve_device', 'seed_everything',
            'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'checkpoint_config',
            'load_model_weights', 'TrainState', 'Generative', 'train_step', 'iou_per_threshold', 'validate',
-           'dist_setup', 'state_digest', 'replicas_identical', 'fit', 'save_samples', 'run_summary', 'FitHandle',
-           'fit_background', 'train_cli']
+           'dist_setup', 'state_digest', 'shutdown_distributed', 'replicas_identical', 'fit', 'save_samples',
+           'run_summary', 'FitHandle', 'fit_background', 'train_cli']
 
-# %% ../nbs/08_train.ipynb #ffb16ba8
+# %% ../nbs/08_train.ipynb #eaba8852
 import json, math, os, pickle, random, sys, threading, time, warnings, zipfile
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
@@ -29,7 +29,7 @@ from .data import MultiViewDataset, make_loader, POSE_DIM
 from .model import VAEGAN, VAEOutput, reparameterize, pose_frame, decode_in_frame
 from .losses import vae_gan_loss, discriminator_loss
 
-# %% ../nbs/08_train.ipynb #01fd10c7
+# %% ../nbs/08_train.ipynb #14dc0857
 def resolve_device(spec='auto') -> torch.device:
     "The torch device for config value `spec` ('auto', 'cpu', 'cuda', 'cuda:N')"
     if spec == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -44,7 +44,7 @@ def seed_everything(seed: int):
     "Seed Python, numpy and torch (all devices)"
     random.seed(seed); np.random.seed(seed % 2 ** 32); torch.manual_seed(seed)
 
-# %% ../nbs/08_train.ipynb #e902ad34
+# %% ../nbs/08_train.ipynb #ff248bc0
 def rng_state() -> dict:
     "Every global RNG state, as plain tensors and numbers"
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -63,7 +63,7 @@ def set_rng_state(d: dict):
     torch.set_rng_state(d['torch'])
     if 'cuda' in d and torch.cuda.is_available(): torch.cuda.set_rng_state_all(d['cuda'])
 
-# %% ../nbs/08_train.ipynb #39e8aa14
+# %% ../nbs/08_train.ipynb #a08710ad
 CHECKPOINT_FORMAT = 1
 ARCH_KEYS = ('z_size', 'cube_len', 'use_pose')
 REQUIRED_KEYS = ('format', 'model', 'config', 'epoch', 'step', 'history', 'pose_dim')
@@ -100,7 +100,7 @@ def checkpoint_config(ck, path='checkpoint') -> Config:
     try: return load_config(None, **ck['config'])
     except ConfigError as e: raise CheckpointError(f"{path}: its config is not valid here ({e}).") from None
 
-# %% ../nbs/08_train.ipynb #5d9470ab
+# %% ../nbs/08_train.ipynb #6605c495
 def load_model_weights(model: VAEGAN, ck: dict, path='checkpoint'):
     "Load the weights of checkpoint `ck` into `model`, or say which config values make them incompatible"
     cfg = ck['config']
@@ -114,7 +114,7 @@ def load_model_weights(model: VAEGAN, ck: dict, path='checkpoint'):
         raise CheckpointError(f"{path}: weights do not fit this model ({str(e).splitlines()[1][:150] if len(str(e).splitlines()) > 1 else e}). "
                               "It was written by another version of sparse3d; train a new model.") from None
 
-# %% ../nbs/08_train.ipynb #72ebba16
+# %% ../nbs/08_train.ipynb #d201ce17
 @dataclass
 class TrainState:
     "What the training loop knows; what callbacks see"
@@ -149,7 +149,7 @@ def _call(callbacks, hook, state):
         f = getattr(cb, hook, None)
         if f is not None: f(state)
 
-# %% ../nbs/08_train.ipynb #ab826dc4
+# %% ../nbs/08_train.ipynb #b44d432d
 class Generative(nn.Module):
     "Encoder and generator of a `VAEGAN` as one module: `(images, poses) -> (VAEOutput, prior logits)`"
     def __init__(self, model: VAEGAN):
@@ -170,7 +170,7 @@ def _grad_norm(params):
     g = [p.grad.detach().float().norm() for p in params if p.grad is not None]
     return torch.stack(g).norm() if g else torch.zeros(())
 
-# %% ../nbs/08_train.ipynb #5f87191d
+# %% ../nbs/08_train.ipynb #f7db52fe
 def train_step(state: TrainState, batch: dict, gen: nn.Module, critic: nn.Module) -> Optional[dict]:
     "One critic step and one encoder+generator step on `batch`; the losses, or None if the step was skipped (non-finite)"
     cfg, dev = state.cfg, state.device
@@ -207,7 +207,7 @@ def train_step(state: TrainState, batch: dict, gen: nn.Module, critic: nn.Module
     losses['loss_d'] = float(loss_d.detach())
     return losses
 
-# %% ../nbs/08_train.ipynb #2415df8c
+# %% ../nbs/08_train.ipynb #9758cb05
 THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
 def iou_per_threshold(probs, target, thresholds=THRESHOLDS) -> torch.Tensor:
@@ -232,7 +232,7 @@ def validate(model: VAEGAN, loader, device, use_pose=True) -> dict:
     k = int(m.argmax())
     return dict(val_iou=float(m[int(np.argmin(np.abs(THRESHOLDS - 0.5)))]), val_iou_best=float(m[k]), threshold=float(THRESHOLDS[k]))
 
-# %% ../nbs/08_train.ipynb #8b2f6281
+# %% ../nbs/08_train.ipynb #f28906d9
 def dist_setup(device_spec='auto'):
     "`(rank, world_size, device)`; initialises the process group when run under torchrun"
     ws = int(os.environ.get('WORLD_SIZE', '1'))
@@ -254,6 +254,15 @@ def state_digest(model) -> str:
     for k, v in model.state_dict().items(): h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
+def shutdown_distributed():
+    "Leave torchrun cleanly: every rank meets at a barrier, then the process group is destroyed before exit"
+    if not (dist.is_available() and dist.is_initialized()): return
+    import gc
+    gc.collect()            # drop DDP reducers and their pending work before gloo's threads go away
+    try: dist.barrier()
+    except Exception: pass  # a peer already failed: still destroy our side
+    dist.destroy_process_group()
+
 def replicas_identical(model) -> bool:
     "Whether every process holds exactly the same model state (True outside torchrun)"
     if not (dist.is_available() and dist.is_initialized()): return True
@@ -261,7 +270,7 @@ def replicas_identical(model) -> bool:
     dist.all_gather_object(digests, state_digest(model))
     return len(set(digests)) == 1
 
-# %% ../nbs/08_train.ipynb #e2d6ea90
+# %% ../nbs/08_train.ipynb #811429a7
 def _checkpoint(state: TrainState) -> dict:
     return dict(format=CHECKPOINT_FORMAT, sparse3d_version=sparse3d.__version__, model=state.model.state_dict(),
                 opt_eg=state.opt_eg.state_dict(), opt_d=state.opt_d.state_dict(), scaler=state.scaler.state_dict(),
@@ -285,7 +294,7 @@ def _write_metrics(out_dir, history):
 def _append_metrics(out_dir, h):
     with open(out_dir/'metrics.jsonl', 'a', encoding='utf-8') as f: f.write(json.dumps(h) + '\n')
 
-# %% ../nbs/08_train.ipynb #16695d11
+# %% ../nbs/08_train.ipynb #4065f2f1
 OOM_HELP = ("Lower batch_size (now {batch_size}), num_views ({num_views}), image_size ({image_size}) or cube_len ({cube_len}). "
             "The last complete checkpoint is kept: continue with --resume.")
 
@@ -302,7 +311,7 @@ def _datasets(cfg: Config, input_dir, category):
     if len(train) == 0: raise ConfigError(f"{train.dir}: the train split is empty.")
     return train, val
 
-# %% ../nbs/08_train.ipynb #6ce19c44
+# %% ../nbs/08_train.ipynb #0ac5c120
 def fit(cfg: Config, input_dir, output_dir=None, resume=False, start_epoch=None, callbacks=(), category='chair',
         progress=True, max_skipped=5) -> TrainState:
     "Train a `VAEGAN` as `cfg` says on the processed root `input_dir`; checkpoints and metrics in `output_dir`"
@@ -357,7 +366,7 @@ def fit(cfg: Config, input_dir, output_dir=None, resume=False, start_epoch=None,
     _call(callbacks, 'after_fit', state)
     return state
 
-# %% ../nbs/08_train.ipynb #1cac8754
+# %% ../nbs/08_train.ipynb #0f30d189
 def _run_epoch(state, loader, sampler, gen, critic, val_loader, callbacks, progress, max_skipped):
     cfg, epoch = state.cfg, state.epoch
     loader.dataset.set_epoch(epoch)
@@ -408,7 +417,7 @@ def _save_epoch(state, best):
     if state.val_sample is not None and (state.epoch % state.cfg.vis_freq == 0 or state.epoch == state.n_epochs):
         save_samples(state, state.out_dir/'samples'/f'epoch_{state.epoch}.png')
 
-# %% ../nbs/08_train.ipynb #c09fcdba
+# %% ../nbs/08_train.ipynb #09b1a307
 def save_samples(state: TrainState, path):
     "A figure of the fixed validation object: its views, the target and the current prediction"
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -424,7 +433,7 @@ def save_samples(state: TrainState, path):
     with atomic_write(path) as f: fig.savefig(f, format='png', dpi=90)
     import matplotlib.pyplot as plt; plt.close(fig)
 
-# %% ../nbs/08_train.ipynb #74343317
+# %% ../nbs/08_train.ipynb #40af3ab6
 def run_summary(output_dir, rows=10) -> str:
     "A few lines of a run's `metrics.jsonl` (about `rows` epochs, always the last) and where its files are"
     out = Path(output_dir)
@@ -436,7 +445,7 @@ def run_summary(output_dir, rows=10) -> str:
              f" (threshold {h.get('threshold', float('nan')):.2f})  {h.get('samples_per_s', 0):.0f} samples/s" for h in picked]
     return '\n'.join(lines + [f"checkpoints: {out/'checkpoints'}   metrics: {out/'metrics.jsonl'}   pictures: {out/'samples'}"])
 
-# %% ../nbs/08_train.ipynb #f3fba616
+# %% ../nbs/08_train.ipynb #a37ac1f1
 class FitHandle:
     "A `fit` running in a background thread"
     def __init__(self, *args, **kwargs):
@@ -467,7 +476,7 @@ def fit_background(cfg: Config, input_dir, output_dir=None, **kwargs) -> FitHand
     "Start `fit` in a background thread; returns a `FitHandle`"
     return FitHandle(cfg, input_dir, output_dir, **kwargs)
 
-# %% ../nbs/08_train.ipynb #6457c68b
+# %% ../nbs/08_train.ipynb #76b6b016
 def _train_config(config, output_dir, resume, start_epoch, **overrides) -> Config:
     "The config of a training run: a YAML file (or the run's own when resuming) updated by the given flags"
     if config is None and (resume or start_epoch) and output_dir and (Path(output_dir)/'config.yaml').exists():
@@ -505,5 +514,4 @@ def train_cli(config:str=None, # YAML config (default: the reference config; whe
                   f"checkpoints in {Path(output_dir)/'checkpoints'}")
     except Sparse3DError as e:
         sys.exit(f"error: {e}")
-    finally:
-        if dist.is_initialized(): dist.destroy_process_group()
+    finally: shutdown_distributed()
