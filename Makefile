@@ -50,8 +50,10 @@ demo: setup
 	@echo "== 3/4 train (resumes if a run is already there)"
 	@$(BIN)/sparse3d_train --config $(DEMO_CONFIG) --input_dir $(DEMO)/processed --output_dir $(DEMO)/run \
 	  $$( [ -f $(DEMO)/run/checkpoints/latest.pt ] && echo --resume )
-	@echo "== 4/4 results"
 	@$(BIN)/python -c "from sparse3d.train import run_summary; print(run_summary('$(DEMO)/run'))"
+	@echo "== 4/4 evaluate on the held-out chairs: model vs visual hull vs mean shape, 1/2/4/8 views"
+	@$(BIN)/sparse3d_test --model_path $(DEMO)/run/checkpoints/best.pt --test_dir $(DEMO)/processed \
+	  --output_dir $(DEMO)/eval --split test --views 1,2,4,8
 
 # --- checks: the notebooks are the source, everything else must match them ---
 check-clean: setup
@@ -92,3 +94,10 @@ lab: setup
 
 clean:
 	rm -rf _docs _proc .pytest_cache
+
+# --- the documentation site, without Quarto: nbdev's notebook processing, then Sphinx (MyST-NB, Furo).
+# Saved outputs only (no notebook is run), offline (no CDN), k3d snapshots embedded; see tools/build_docs.py.
+.PHONY: docs
+docs: setup
+	@$(TEST_ENV) $(BIN)/python tools/build_docs.py
+	@echo "open _docs/index.html, or serve it: $(BIN)/python -m http.server -d _docs 8000"

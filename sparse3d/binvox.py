@@ -126,9 +126,11 @@ def _split_header(raw: bytes, source):
 def read_binvox(path) -> VoxelGrid:
     "The `VoxelGrid` stored in the `.binvox` file `path`, indexed `[x, y, z]`"
     path = Path(path)
+    if path.exists() and not path.is_file():           # a FIFO or a device would block the run forever
+        raise DataError(f"{path}: is {'a folder' if path.is_dir() else 'not a regular file'}, expected a .binvox file.")
     try: raw = path.read_bytes()
     except FileNotFoundError: raise DataError(f"{path}: voxel file not found. Check the path, or re-run preprocessing.") from None
-    except IsADirectoryError: raise DataError(f"{path}: is a folder, expected a .binvox file.") from None
+    except OSError as e: raise DataError(f"{path}: cannot read this voxel file ({e.strerror or e}).") from None
     lines, data = _split_header(raw, path)
     dim, translate, scale = _parse_header(lines, path)
     flat = rle_decode(data, dim ** 3, path)

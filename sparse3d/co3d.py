@@ -11,7 +11,7 @@ __all__ = ['INTRINSICS_FORMATS', 'save_jgz', 'Camera', 'viewpoint_to_camera', 'c
            'load_set_list', 'Co3dSequence', 'Co3dCategory']
 
 # %% ../nbs/02_co3d.ipynb #5fa2f48e
-import dataclasses, gzip, json, math, os, zlib
+import dataclasses, gzip, json, math, os, stat, zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -141,12 +141,13 @@ def _get(d, keys, typ, where, required=True):
     ok = isinstance(v, typ) and not isinstance(v, bool) if typ is not bool else isinstance(v, bool)
     if not ok: raise DataError(f"{where}: '{'.'.join(keys)}' should be {getattr(typ, '__name__', typ)}, got {type(v).__name__} {str(v)[:40]!r}.")
     if isinstance(v, float) and not math.isfinite(v): raise DataError(f"{where}: '{'.'.join(keys)}' is {v}, not a finite number.")
+    if isinstance(v, int) and not -2 ** 63 <= v < 2 ** 63: raise DataError(f"{where}: '{'.'.join(keys)}' is a {len(str(abs(v)))}-digit integer, far too large.")
     return v
 
 def _matrix(v, shape, name, where):
     "`v` as a finite float array of `shape`, else a `DataError`"
     try: a = np.asarray(v, np.float64)
-    except (TypeError, ValueError): a = None
+    except (TypeError, ValueError, OverflowError): a = None
     if a is None or a.shape != shape or not np.all(np.isfinite(a)):
         raise DataError(f"{where}: 'viewpoint.{name}' must be finite numbers of shape {list(shape)}, got {str(v)[:60]}.")
     return a
@@ -157,7 +158,8 @@ def _viewpoint(d, where):
     fmt = vp.get('intrinsics_format') or 'ndc_norm_image_bounds'
     if fmt not in INTRINSICS_FORMATS: raise DataError(f"{where}: unknown intrinsics_format {fmt!r}; expected one of {INTRINSICS_FORMATS}.")
     R = _matrix(vp.get('R'), (3, 3), 'R', where)
-    if abs(abs(np.linalg.det(R)) - 1) > 1e-3: raise DataError(f"{where}: 'viewpoint.R' is not a rotation (det {np.linalg.det(R):.3g}).")
+    off = np.abs(R @ R.T - np.eye(3)).max()                   # a determinant of 1 is not enough: diag(2, 0.5, 1)
+    if off > 1e-3: raise DataError(f"{where}: 'viewpoint.R' is not a rotation (R R^T differs from the identity by {off:.3g}).")
     out = dict(R=R.tolist(), T=_matrix(vp.get('T'), (3,), 'T', where).tolist(),
                focal_length=_matrix(vp.get('focal_length'), (2,), 'focal_length', where).tolist(),
                principal_point=_matrix(vp.get('principal_point'), (2,), 'principal_point', where).tolist(),
@@ -170,15 +172,17 @@ def frame_from_dict(d, where='frame annotation') -> FrameAnnotation:
     "A checked `FrameAnnotation` from one record of `frame_annotations.jgz`"
     if not isinstance(d, dict): raise DataError(f"{where}: expected a JSON object, got {type(d).__name__}.")
     size = _get(d, ['image', 'size'], list, where)
-    if len(size) != 2 or not all(isinstance(s, int) and 0 < s < 100_000 for s in size):
-        raise DataError(f"{where}: 'image.size' must be two positive integers [H, W], got {size}.")
+    if len(size) != 2 or not all(type(s) is int and 0 < s < 100_000 for s in size):
+        raise DataError(f"{where}: 'image.size' must be two positive integers [H, W], got {str(size)[:60]}.")
     num = lambda keys: _get(d, keys, (int, float), where, required=False)
+    depth_path, scale = _get(d, ['depth', 'path'], str, where, False), num(['depth', 'scale_adjustment'])
+    if depth_path is not None and scale is not None and not scale > 0:   # a scale <= 0 would silently zero every depth
+        raise DataError(f"{where}: 'depth.scale_adjustment' must be positive, got {scale}.")
     return FrameAnnotation(
         sequence_name=_get(d, ['sequence_name'], str, where), frame_number=_get(d, ['frame_number'], int, where),
         image_path=_get(d, ['image', 'path'], str, where), image_size=tuple(size), viewpoint=_viewpoint(d, where),
         mask_path=_get(d, ['mask', 'path'], str, where, False), mask_mass=num(['mask', 'mass']),
-        depth_path=_get(d, ['depth', 'path'], str, where, False),
-        depth_scale_adjustment=float(num(['depth', 'scale_adjustment']) or 1.0),
+        depth_path=depth_path, depth_scale_adjustment=float(scale) if scale and scale > 0 else 1.0,
         depth_mask_path=_get(d, ['depth', 'mask_path'], str, where, False), frame_timestamp=num(['frame_timestamp']))
 
 def sequence_from_dict(d, where='sequence annotation') -> SequenceAnnotation:
@@ -190,7 +194,7 @@ def sequence_from_dict(d, where='sequence annotation') -> SequenceAnnotation:
         sequence_name=_get(d, ['sequence_name'], str, where), category=_get(d, ['category'], str, where),
         video_length=_get(d, ['video_length'], int, where, False),
         point_cloud_path=pc.get('path') if isinstance(pc.get('path'), str) else None,
-        point_cloud_n_points=pc.get('n_points') if isinstance(pc.get('n_points'), int) else None,
+        point_cloud_n_points=pc.get('n_points') if type(pc.get('n_points')) is int else None,
         point_cloud_quality_score=num(['point_cloud', 'quality_score']) if pc else None,
         viewpoint_quality_score=num(['viewpoint_quality_score']))
 
@@ -209,18 +213,28 @@ def sequence_to_dict(s: SequenceAnnotation) -> dict:
                 viewpoint_quality_score=s.viewpoint_quality_score)
 
 # %% ../nbs/02_co3d.ipynb #b776a564
+def _regular_file(path, what, todo='Check the dataset root, or re-download the sequence.') -> Path:
+    "`path`, if it is a regular file; else a `DataError` (reading a folder fails late, a FIFO or a device blocks forever)"
+    path = Path(path)
+    try: mode = os.stat(path).st_mode
+    except FileNotFoundError: raise DataError(f"{path}: {what} not found. {todo}") from None
+    except OSError as e: raise DataError(f"{path}: cannot read this {what} ({e.strerror or e}).") from None
+    if stat.S_ISDIR(mode): raise DataError(f"{path}: is a folder, expected a {what}.")
+    if not stat.S_ISREG(mode): raise DataError(f"{path}: not a regular file (a FIFO, socket or device), expected a {what}. Refusing to read it.")
+    return path
+
 def load_json(path):
     "The JSON value in file `path` (`.jgz`: gzip-compressed), or a `DataError` naming the file"
-    path = Path(path)
+    path = _regular_file(path, 'file', 'Check the dataset root, or re-download the category.')
+    try: raw = path.read_bytes()
+    except OSError as e: raise DataError(f"{path}: cannot read it ({e.strerror or e}).") from None
     try:
-        raw = path.read_bytes()
         if path.suffix == '.jgz': raw = gzip.decompress(raw)
         return json.loads(raw.decode('utf-8'))
-    except FileNotFoundError: raise DataError(f"{path}: file not found. Check the dataset root, or re-download the category.") from None
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: not a valid gzip file ({e}). The download is corrupt or truncated; fetch it again.") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e}). The file is corrupt; fetch or generate it again.") from None
+    except (ValueError, RecursionError) as e:        # bad UTF-8 or JSON, an integer of 5000 digits, nesting too deep
+        raise DataError(f"{path}: not valid JSON ({str(e)[:200] or type(e).__name__}). The file is corrupt; fetch or generate it again.") from None
 
 def save_json(path, obj):
     "Write `obj` as JSON to `path` (`.jgz`: gzip-compressed), atomically"
@@ -254,7 +268,8 @@ def resolve_in_root(root, rel, what='path') -> Path:
         raise DataError(f"{root}: invalid {what} {rel!r} in the annotations.")
     p = Path(rel)
     if p.is_absolute() or p.drive: raise DataError(f"{root}: {what} {rel!r} is absolute; annotation paths must be relative to the dataset root. Refusing to follow it.")
-    full = (root/p).resolve()
+    try: full = (root/p).resolve()
+    except (OSError, RuntimeError) as e: raise DataError(f"{root}: {what} {rel!r} cannot be resolved ({e}).") from None   # a symlink loop
     if not full.is_relative_to(root):
         raise DataError(f"{root}: {what} {rel!r} leads outside the dataset root (to {full}). Refusing to follow it.")
     return full
@@ -262,11 +277,9 @@ def resolve_in_root(root, rel, what='path') -> Path:
 # %% ../nbs/02_co3d.ipynb #cc70eaad
 def _open_image(path, what):
     "A fully decoded PIL image from `path`, or a `DataError` naming the file"
-    path = Path(path)
+    path = _regular_file(path, what)
     try:
         im = Image.open(path); im.load(); return im
-    except FileNotFoundError: raise DataError(f"{path}: {what} not found. Check the dataset root, or re-download the sequence.") from None
-    except IsADirectoryError: raise DataError(f"{path}: is a folder, expected a {what} file.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: corrupt or truncated {what} ({e}). Re-download or regenerate it, or drop the frame.") from None
 
@@ -286,7 +299,8 @@ def load_depth(path, scale_adjustment=1.0) -> np.ndarray:
     a = np.asarray(im)
     if a.dtype != np.uint16 and im.mode not in ('I;16', 'I'):
         raise DataError(f"{path}: a CO3D depth map is a 16-bit PNG, this one is mode {im.mode}. Re-download or regenerate it.")
-    depth = a.astype(np.uint16).view(np.float16).astype(np.float32) * np.float32(scale_adjustment)
+    with np.errstate(invalid='ignore', over='ignore'):
+        depth = a.astype(np.uint16).view(np.float16).astype(np.float32) * np.float32(scale_adjustment)
     depth[~np.isfinite(depth) | (depth < 0)] = 0
     return depth
 
@@ -326,55 +340,76 @@ def save_depth(path, depth, scale_adjustment=1.0):
     return _save_png(path, v.astype(np.float16).view(np.uint16))
 
 # %% ../nbs/02_co3d.ipynb #511c208d
-_PLY_SIZES = {'char': 1, 'uchar': 1, 'int8': 1, 'uint8': 1, 'short': 2, 'ushort': 2, 'int16': 2, 'uint16': 2,
-              'int': 4, 'uint': 4, 'int32': 4, 'uint32': 4, 'float': 4, 'float32': 4, 'double': 8, 'float64': 8}
+_PLY_TYPES = {'char': 'i1', 'uchar': 'u1', 'int8': 'i1', 'uint8': 'u1', 'short': 'i2', 'ushort': 'u2', 'int16': 'i2',
+              'uint16': 'u2', 'int': 'i4', 'uint': 'u4', 'int32': 'i4', 'uint32': 'u4', 'float': 'f4', 'float32': 'f4',
+              'double': 'f8', 'float64': 'f8'}
+_PLY_FORMATS = {'binary_little_endian': '<', 'binary_big_endian': '>', 'ascii': '='}
 
 def _check_ply(path):
-    "Raise `DataError` unless `path` is a complete PLY point cloud; return its vertex count"
+    "`(format, elements, offset of the data)` of the PLY file `path`: elements are `[name, count, [(property, numpy type or None for a list)]]`"
+    path = _regular_file(path, 'point cloud')
     try:
         with open(path, 'rb') as f: head = f.read(4096)
-        size = os.path.getsize(path)
-    except FileNotFoundError: raise DataError(f"{path}: point cloud not found. Check the dataset root, or re-download the sequence.") from None
-    except IsADirectoryError: raise DataError(f"{path}: is a folder, expected a .ply point cloud.") from None
+    except OSError as e: raise DataError(f"{path}: cannot read this point cloud ({e.strerror or e}).") from None
     end = head.find(b'end_header\n')
     if not head.startswith(b'ply') or end < 0: raise DataError(f"{path}: not a PLY file (or its header is cut). Re-download or regenerate it.")
-    lines = head[:end].decode('ascii', 'replace').splitlines()
-    fmt = next((l.split()[1] for l in lines if l.startswith('format ')), None)
-    n, stride, in_vertex = None, 0, False
-    for l in lines:
+    fmt, elements = None, []
+    for l in head[:end].decode('ascii', 'replace').splitlines()[1:]:
         p = l.split()
-        if p[:1] == ['element']:
-            in_vertex = len(p) == 3 and p[1] == 'vertex'
-            if in_vertex:
-                if not p[2].isdigit(): raise DataError(f"{path}: PLY header has a bad vertex count {p[2]!r}.")
-                n = int(p[2])
-        elif p[:1] == ['property'] and in_vertex:
-            if p[1] == 'list' or p[1] not in _PLY_SIZES: raise DataError(f"{path}: unsupported PLY vertex property {l!r}.")
-            stride += _PLY_SIZES[p[1]]
-    if n is None: raise DataError(f"{path}: PLY file has no vertex element.")
-    if fmt == 'binary_little_endian' and size < end + len(b'end_header\n') + n * stride:
-        raise DataError(f"{path}: PLY file is truncated ({size} bytes, its header promises {n} points of {stride} bytes). Re-download or regenerate it.")
-    if fmt not in ('binary_little_endian', 'ascii', 'binary_big_endian'): raise DataError(f"{path}: unknown PLY format {fmt!r}.")
-    return n
+        if not p or p[0] in ('comment', 'obj_info'): continue
+        if p[0] == 'format' and len(p) == 3 and p[1] in _PLY_FORMATS and p[2] == '1.0': fmt = p[1]
+        elif p[0] == 'element' and len(p) == 3 and p[2].isdigit(): elements.append([p[1], int(p[2]), []])
+        elif p[0] == 'property' and elements and len(p) == 5 and p[1] == 'list': elements[-1][2].append((p[4], None))
+        elif p[0] == 'property' and elements and len(p) == 3 and p[1] in _PLY_TYPES: elements[-1][2].append((p[2], _PLY_TYPES[p[1]]))
+        else: raise DataError(f"{path}: PLY header line {l[:60]!r} is not valid (or not supported). Re-download or regenerate the file.")
+    if fmt is None: raise DataError(f"{path}: PLY header has no valid 'format' line (ascii, binary_little_endian or binary_big_endian 1.0).")
+    if [e[0] for e in elements].count('vertex') != 1: raise DataError(f"{path}: PLY file has no vertex element (or several).")
+    return fmt, elements, end + len(b'end_header\n')
+
+def _ply_vertices(path):
+    "The vertex table of the PLY file `path` as a numpy structured array, checked against its header"
+    fmt, elements, offset = _check_ply(path)
+    v = [e[0] for e in elements].index('vertex')
+    _, n, props = elements[v]
+    names = [p for p, _ in props]
+    if any(t is None for _, t in props) or len(set(names)) != len(names) or not {'x', 'y', 'z'} <= set(names):
+        raise DataError(f"{path}: PLY vertices must have x, y, z and no list or repeated properties, got {names}.")
+    dtype = lambda ps: np.dtype([(q, _PLY_FORMATS[fmt] + t) for q, t in ps])
+    size = os.path.getsize(path)
+    if fmt == 'ascii':
+        data = Path(path).read_bytes()[offset:]
+        lines, skip = data.splitlines(), sum(e[1] for e in elements[:v])
+        if len(lines) < skip + n or (data and not data.endswith(b'\n')):     # a cut number still parses: ask for the last newline
+            raise DataError(f"{path}: PLY file is truncated ({len(lines)} lines of data, its header promises {skip + n}). Re-download or regenerate it.")
+        rows = [l.split() for l in lines[skip:skip + n]]
+        if any(len(r) != len(props) for r in rows):
+            raise DataError(f"{path}: PLY file is corrupt (a vertex line does not have {len(props)} values). Re-download or regenerate it.")
+        try: table = np.array([tuple(map(float, r)) for r in rows], [(q, 'f8') for q in names])
+        except (ValueError, OverflowError) as e: raise DataError(f"{path}: PLY file is corrupt ({e}). Re-download or regenerate it.") from None
+        return table
+    for name, _, ps in elements[:v]:
+        if any(t is None for _, t in ps): raise DataError(f"{path}: PLY element {name!r} with list properties before the vertices is not supported.")
+    start = offset + sum(c * dtype(ps).itemsize for _, c, ps in elements[:v])
+    need = start + n * dtype(props).itemsize
+    if size < need:
+        raise DataError(f"{path}: PLY file is truncated ({size} bytes, its header promises {n} points of {dtype(props).itemsize} bytes). Re-download or regenerate it.")
+    rest = elements[v + 1:]
+    if all(t is not None for _, _, ps in rest for _, t in ps):          # no lists after the vertices: the size is known
+        total = need + sum(c * dtype(ps).itemsize for _, c, ps in rest)
+        if size != total: raise DataError(f"{path}: PLY file is corrupt ({size} bytes, its header says {total}). Re-download or regenerate it.")
+    return np.fromfile(path, dtype(props), count=n, offset=start)
 
 # %% ../nbs/02_co3d.ipynb #cf2d8987
 def load_pointcloud(path):
     "`(xyz, normals, rgb)` of the PLY point cloud at `path`: float32 `[N, 3]`, float32 `[N, 3]` or None, uint8 `[N, 3]` or None"
-    import open3d as o3d
-    n = _check_ply(path)
-    pc = o3d.t.io.read_point_cloud(str(path))
-    if 'positions' not in pc.point:
-        if n == 0: return np.zeros((0, 3), np.float32), None, None
-        raise DataError(f"{path}: open3d could not read the points of this PLY file. Re-download or regenerate it.")
-    xyz = pc.point.positions.numpy().astype(np.float32)
-    if len(xyz) != n: raise DataError(f"{path}: PLY file is corrupt ({len(xyz)} points read, {n} declared).")
+    t = _ply_vertices(path)
+    cols = lambda *ks: np.stack([t[k] for k in ks], 1) if all(k in t.dtype.names for k in ks) else None
+    xyz = cols('x', 'y', 'z').astype(np.float32).reshape(-1, 3)
     if not np.all(np.isfinite(xyz)): raise DataError(f"{path}: point cloud has non-finite coordinates. Re-download or regenerate it.")
-    normals = pc.point.normals.numpy().astype(np.float32) if 'normals' in pc.point else None
-    rgb = None
-    if 'colors' in pc.point:
-        c = pc.point.colors.numpy()
-        rgb = c if c.dtype == np.uint8 else (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return xyz, normals, rgb
+    normals = cols('nx', 'ny', 'nz')
+    c = cols('red', 'green', 'blue')
+    rgb = None if c is None else (np.clip(c, 0, 255) if c.dtype.kind in 'iu' else np.clip(np.nan_to_num(c), 0, 1) * 255 + 0.5).astype(np.uint8)
+    return xyz, None if normals is None else normals.astype(np.float32), rgb
 
 def save_pointcloud(path, xyz, normals=None, rgb=None):
     "Write a point cloud as CO3D's binary PLY (float xyz, float normals, uchar rgb), atomically"
@@ -399,12 +434,19 @@ def list_categories(root) -> list:
     if not root.is_dir(): raise DataError(f"{root}: dataset root not found (or not a folder). Point --input_dir at a CO3D download or a `sparse3d_synth` output.")
     return sorted(p.parent.name for p in root.glob('*/frame_annotations.jgz'))
 
+def _file_name(s) -> bool:
+    "Whether `s` can be used as one file name: a string with no path separator, not `.` or `..`"
+    return isinstance(s, str) and s not in ('', '.', '..') and not any(c in s for c in '/\\\x00')
+
 def load_subsets(root) -> dict:
     "Category -> subset names from v2's `category_to_subset_name_list.json`; `{}` for a v1 root"
     p = Path(root)/'category_to_subset_name_list.json'
     if not p.exists(): return {}
     d = load_json(p)
     if not isinstance(d, dict): raise DataError(f"{p}: expected a JSON object mapping categories to subset names.")
+    for cat, names in d.items():          # a subset name becomes part of a path: set_lists/set_lists_<name>.json
+        if not isinstance(names, list) or not all(_file_name(n) for n in names):
+            raise DataError(f"{p}: the subsets of {cat!r} must be a list of plain names (no '/', '..'), got {str(names)[:80]}.")
     return d
 
 def load_set_list(root, category, subset=None) -> dict:
@@ -415,8 +457,9 @@ def load_set_list(root, category, subset=None) -> dict:
     out = {}
     for split, entries in d.items():
         if not isinstance(entries, list): raise DataError(f"{p}: split {split!r} should be a list.")
-        try: out[split] = [(str(s), int(f), str(i)) for s, f, i in entries]
-        except (TypeError, ValueError): raise DataError(f"{p}: split {split!r} entries must be [sequence_name, frame_number, image_path].") from None
+        if not all(isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and type(e[1]) is int and isinstance(e[2], str) for e in entries):
+            raise DataError(f"{p}: split {split!r} entries must be [sequence_name, frame_number, image_path].")
+        out[split] = [tuple(e) for e in entries]
     return out
 
 # %% ../nbs/02_co3d.ipynb #aa02be49

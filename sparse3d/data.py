@@ -77,6 +77,8 @@ class MultiViewDataset(Dataset):
         self.dir = packed_dir(root, split, category)
         from sparse3d.co3d import load_json
         self.index = load_json(self.dir/'index.json')
+        if not isinstance(self.index, dict) or not all(k in self.index for k in ('sequences', 'image_size', 'cube_len')):
+            raise DataError(f"{self.dir/'index.json'}: not the index of a packed split. Re-run sparse3d_split to repack.")
         self.names = list(self.index['sequences'])
         self.split, self.num_views, self.seed, self.apply_mask = split, int(num_views), seed, apply_mask
         self.train = (split == 'train') if train is None else train
@@ -92,9 +94,15 @@ class MultiViewDataset(Dataset):
             self.offsets = np.load(self.dir/'offsets.npy')
         except (OSError, ValueError) as e:
             raise DataError(f"{self.dir}: packed arrays are missing or corrupt ({e}). Re-run sparse3d_split to repack.") from None
-        counts = np.diff(self.offsets)
-        if len(counts) != len(self.names) or self.offsets[-1] != len(self.images):
+        counts, F = np.diff(self.offsets), len(self.images)
+        if (len(counts) != len(self.names) or self.offsets[0] != 0 or self.offsets[-1] != F or (counts < 1).any()
+                or any(len(a) != F for a in (self.masks, self.K, self.R, self.t)) or len(self.voxels) != len(self.names)):
             raise DataError(f"{self.dir}: packed arrays do not match index.json. Re-run sparse3d_split to repack.")
+        bad = ~(np.isfinite(self.K).all((1, 2)) & np.isfinite(self.R).all((1, 2)) & np.isfinite(self.t).all(1))
+        if bad.any():                     # a NaN camera would turn every batch it is in into a skipped step
+            seqs = sorted({self.names[int(np.searchsorted(self.offsets, i, 'right')) - 1] for i in np.flatnonzero(bad)})
+            raise DataError(f"{self.dir}: the cameras of {len(seqs)} sequence(s) ({', '.join(seqs[:3])}) hold NaN or inf: the "
+                            "packed arrays are corrupt. Re-run sparse3d_split to repack them.")
         if len(self.names) and not 1 <= self.num_views <= counts.min():
             worst = self.names[int(counts.argmin())]
             raise DataError(f"{self.dir}: num_views={self.num_views}, but sequence {worst} has only {counts.min()} frames. "
@@ -137,6 +145,8 @@ def make_loader(ds, batch_size, shuffle=None, workers=0, seed=42, sampler=None, 
     "A `DataLoader` over `ds`: seeded shuffling (default: when `ds.train`), seeded workers, pinned memory on CUDA"
     shuffle = getattr(ds, 'train', False) if shuffle is None else shuffle
     g = torch.Generator(); g.manual_seed(seed)
+    # a worker holds a copy of `ds`: kept alive, it would never see `set_epoch` and draw epoch 0's views forever
+    keep = workers > 0 and not getattr(ds, 'train', False)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, num_workers=workers,
                       worker_init_fn=_seed_worker, generator=g, drop_last=drop_last,
-                      pin_memory=str(device).startswith('cuda'), persistent_workers=workers > 0)
+                      pin_memory=str(device).startswith('cuda'), persistent_workers=keep)

@@ -10,7 +10,7 @@ __all__ = ['MIN_MASK_PIXELS', 'PREPROCESS_VERSION', 'SPLITS', 'inlier_mask', 'no
            'ply2voxel_cli', 'extract_poses_cli', 'preprocess_sequence_cli', 'preprocess_cli', 'split_cli']
 
 # %% ../nbs/04_preprocess.ipynb #64248eea
-import json, math, os, shutil, sys, time, traceback, uuid
+import errno, json, math, os, shutil, sys, time, traceback, uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -23,7 +23,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 import sparse3d
-from .config import Config, ConfigError, DataError, Sparse3DError, atomic_write, check_value
+from .config import Config, ConfigError, DataError, OutputError, Sparse3DError, atomic_write, check_value, refused_write
 from .binvox import write_binvox, read_binvox
 from .co3d import (Camera, Co3dCategory, camera_to_viewpoint, is_blank, list_categories, load_pointcloud,
                            load_set_list, load_subsets, save_depth, save_depth_mask, save_image, save_json, save_mask)
@@ -150,8 +150,11 @@ def _versions():
                 python=sys.version.split()[0])
 
 def seq_dirs(out_root, category, name):
-    "The `_processed` and `_dataset_instance` folders of sequence `name`"
+    "The `_processed` and `_dataset_instance` folders of sequence `name` (a plain name: it becomes part of a folder name)"
     base = Path(out_root)/category
+    if not isinstance(name, str) or name in ('', '.', '..') or any(c in name for c in '/\\\x00'):
+        raise DataError(f"{base}: sequence name {str(name)[:80]!r} is not a plain name (it has '/' or '..', or is empty); "
+                        "refusing to write outside the output folder. Fix the sequence_name in the annotations.")
     return base/f'{name}_processed', base/f'{name}_dataset_instance'
 
 def _even(items, n):
@@ -169,6 +172,10 @@ def _process_frame(cat, f, norm, st: PreprocessSettings, inst: Path):
     box = mask_box(fr['mask'], st.crop_margin)
     if box is None: return f'empty mask (fewer than {MIN_MASK_PIXELS} foreground pixels)'
     n, S = f.frame_number, st.image_size
+    pose = frame_pose(f, norm, box, S)
+    with np.errstate(over='ignore'):                     # packed as float32: a camera that overflows it is unusable
+        if not all(np.isfinite(np.asarray(pose['normalized'][k], np.float32)).all() for k in ('K', 'R', 't')):
+            return 'camera out of range (its normalised pose is not finite in float32)'
     img = crop_resize((fr['image'] * 255 + 0.5).astype(np.uint8), box, S, 'image')
     msk = crop_resize((fr['mask'] * 255 + 0.5).astype(np.uint8), box, S, 'mask')
     if st.apply_mask: img = (img * (msk[..., None] / 255.0) + 0.5).astype(np.uint8)
@@ -180,8 +187,8 @@ def _process_frame(cat, f, norm, st: PreprocessSettings, inst: Path):
         rec.update(depth=f'depths/frame{n:06d}.png', depth_mask=f'depth_masks/frame{n:06d}.png')
         save_depth(inst/rec['depth'], dep)
         save_depth_mask(inst/rec['depth_mask'], dep > 0)
-    rec['_pose'] = frame_pose(f, norm, box, S)
-    rec['camera'] = rec['_pose']['normalized']
+    rec['_pose'] = pose
+    rec['camera'] = pose['normalized']
     return rec
 
 # %% ../nbs/04_preprocess.ipynb #0a77e1d9
@@ -191,10 +198,10 @@ def preprocess_sequence(input_dir, output_dir, category, sequence, settings: Pre
     cat = cat or Co3dCategory(input_dir, category)
     if sequence not in cat.sequences: raise DataError(f"{Path(input_dir)/category}: no sequence {sequence!r} in the annotations.")
     seq = cat[sequence]
+    proc, inst = seq_dirs(output_dir, category, sequence)     # refuses a name that would lead out of the output folder
     xyz, _, _ = cat.load_pointcloud(seq)
     if len(xyz) < 50: raise DataError(f"{cat.path(seq.annotation.point_cloud_path)}: only {len(xyz)} points; too few to voxelise.")
     grid, norm = ply2voxel(xyz, st.cube_len, st.fill, st.outlier_std)
-    proc, inst = seq_dirs(output_dir, category, sequence)
     tag = f'.tmp-{uuid.uuid4().hex[:8]}'
     tproc, tinst = proc.with_name(proc.name + tag), inst.with_name(inst.name + tag)
     try:
@@ -217,11 +224,11 @@ def preprocess_sequence(input_dir, output_dir, category, sequence, settings: Pre
                     voxels=dict(path='seq.binvox', cube_len=st.cube_len, fill=st.fill, occupancy=float(grid.mean()),
                                 n_occupied=int(grid.sum())),
                     frames=records, dropped=dropped, versions=_versions())
+        save_json(tproc/'sequence_meta.json', meta)           # every write done before the old outputs go (a full disk keeps them)
         for old in (proc, inst):
             if old.exists(): shutil.rmtree(old)
         os.replace(tinst, inst)
-        save_json(tproc/'sequence_meta.json', meta)           # the completion marker: written last, then renamed in
-        os.replace(tproc, proc)
+        os.replace(tproc, proc)                               # the completion marker: the meta's folder, renamed in last
         return meta
     finally:
         for t in (tproc, tinst): shutil.rmtree(t, ignore_errors=True)
@@ -250,6 +257,7 @@ def _run_one(input_dir, output_dir, category, name, st):
     try:
         meta = preprocess_sequence(input_dir, output_dir, category, name, st, _cat_cached(input_dir, category))
         return name, 'done', dict(frames=len(meta['frames']), dropped=meta['dropped'], seconds=time.perf_counter() - t0)
+    except OutputError: raise                # a full or read-only disk stops the run: it is not the sequence's fault
     except Sparse3DError as e: return name, 'failed', dict(error=str(e))
     except Exception as e: return name, 'failed', dict(error=f"unexpected {type(e).__name__}: {e}", traceback=traceback.format_exc())
 
@@ -260,8 +268,11 @@ def is_done(output_dir, category, name, st) -> bool:
     return bool(meta) and meta.get('settings') == asdict(st) and meta.get('preprocess_version') == PREPROCESS_VERSION
 
 def clean_partial(output_dir, category):
-    "Delete the temporary folders an interrupted run left behind"
-    for p in (Path(output_dir)/category).glob('*.tmp-*'): shutil.rmtree(p, ignore_errors=True)
+    "Delete the temporary folders and files an interrupted run left behind"
+    d = Path(output_dir)/category
+    for p in [*d.glob('*.tmp-*'), *d.glob('packed/.*.tmp-*'), *d.glob('.*.tmp')]:
+        if p.is_dir(): shutil.rmtree(p, ignore_errors=True)
+        else: p.unlink(missing_ok=True)
 
 # %% ../nbs/04_preprocess.ipynb #2ff5060e
 def preprocess_category(input_dir, output_dir, category='chair', settings: PreprocessSettings = None, workers=2,
@@ -288,7 +299,10 @@ def preprocess_category(input_dir, output_dir, category='chair', settings: Prepr
     else:
         import multiprocessing as mp
         with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as ex:
-            for fut in as_completed([ex.submit(_run_one, input_dir, out, category, n, st) for n in todo]): record(fut.result())
+            try:
+                for fut in as_completed([ex.submit(_run_one, input_dir, out, category, n, st) for n in todo]): record(fut.result())
+            except BaseException:
+                ex.shutdown(wait=True, cancel_futures=True); raise     # a full disk, Ctrl-C: start nothing more
     bar.close()
     secs = time.perf_counter() - t0
     n_frames = sum(v['frames'] for v in report['done'].values())
@@ -326,6 +340,13 @@ def set_list_split(input_dir, category, names) -> tuple:
     return None, None
 
 # %% ../nbs/04_preprocess.ipynb #a281c682
+def _reserve(path):
+    "Allocate the disk blocks of file `path` now: writing into a memory map on a full disk kills the process (SIGBUS)"
+    with open(path, 'r+b') as f:
+        try: os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL): raise   # a file system without it: best effort
+
 def pack_split(output_dir, category, split, names, progress=True) -> Path:
     "Pack the processed sequences `names` of `split` into `<output_dir>/<category>/packed/<split>/`"
     from numpy.lib.format import open_memmap
@@ -341,14 +362,15 @@ def pack_split(output_dir, category, split, names, progress=True) -> Path:
             raise DataError(f"{base}: sequences were processed with different image_size/cube_len; re-run preprocessing with one setting.")
     F = sum(n_frames)
     tmp = base/f'.{split}.tmp-{uuid.uuid4().hex[:8]}'
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         arr = dict(images=open_memmap(tmp/'images.npy', 'w+', np.uint8, (F, S, S, 3)),
                    masks=open_memmap(tmp/'masks.npy', 'w+', np.uint8, (F, S, S)),
                    K=open_memmap(tmp/'K.npy', 'w+', np.float32, (F, 3, 3)),
                    R=open_memmap(tmp/'R.npy', 'w+', np.float32, (F, 3, 3)),
                    t=open_memmap(tmp/'t.npy', 'w+', np.float32, (F, 3)),
                    voxels=open_memmap(tmp/'voxels.npy', 'w+', np.uint8, (len(names), D ** 3 // 8)))
+        for k in arr: _reserve(tmp/f'{k}.npy')
         i = 0
         for j, (name, m) in enumerate(tqdm(list(zip(names, metas)), desc=f'pack {split}', disable=not progress, unit='seq')):
             inst = seq_dirs(output_dir, category, name)[1]
@@ -368,12 +390,16 @@ def pack_split(output_dir, category, split, names, progress=True) -> Path:
         if final.exists(): shutil.rmtree(final)
         os.replace(tmp, final)
         return final
+    except OSError as e:
+        if (err := refused_write(base/split, e)) is not None: raise err from None
+        raise
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/04_preprocess.ipynb #f42d7fe4
 def split_and_pack(output_dir, category='chair', input_dir=None, seed=42, val_frac=0.1, test_frac=0.1, progress=True) -> dict:
     "Split the processed sequences (set lists of `input_dir` if it has fitting ones, else seeded) and pack each split"
     folder = Path(output_dir)/category
+    clean_partial(output_dir, category)
     names = sorted(p.parent.name[:-len('_processed')] for p in folder.glob('*_processed/sequence_meta.json'))
     stale = []
     if (folder/'preprocess_report.json').exists():        # keep only what the latest run's settings made

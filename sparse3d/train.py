@@ -9,7 +9,7 @@ __all__ = ['CHECKPOINT_FORMAT', 'ARCH_KEYS', 'REQUIRED_KEYS', 'THRESHOLDS', 'OOM
            'dist_setup', 'state_digest', 'shutdown_distributed', 'replicas_identical', 'fit', 'save_samples',
            'run_summary', 'FitHandle', 'fit_background', 'train_cli']
 
-# %% ../nbs/08_train.ipynb #eaba8852
+# %% ../nbs/08_train.ipynb #387c3e17
 import json, math, os, pickle, random, sys, threading, time, warnings, zipfile
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
@@ -23,13 +23,13 @@ from fastcore.script import call_parse, Param, store_true, bool_arg
 from tqdm.auto import tqdm
 
 import sparse3d
-from .config import (Config, ConfigError, CheckpointError, Sparse3DError, atomic_write, load_config, save_config,
+from .config import (Config, ConfigError, CheckpointError, OutputError, Sparse3DError, atomic_write, load_config, save_config,
                              config_to_yaml)
 from .data import MultiViewDataset, make_loader, POSE_DIM
 from .model import VAEGAN, VAEOutput, reparameterize, pose_frame, decode_in_frame
 from .losses import vae_gan_loss, discriminator_loss
 
-# %% ../nbs/08_train.ipynb #14dc0857
+# %% ../nbs/08_train.ipynb #fc271f95
 def resolve_device(spec='auto') -> torch.device:
     "The torch device for config value `spec` ('auto', 'cpu', 'cuda', 'cuda:N')"
     if spec == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -44,7 +44,7 @@ def seed_everything(seed: int):
     "Seed Python, numpy and torch (all devices)"
     random.seed(seed); np.random.seed(seed % 2 ** 32); torch.manual_seed(seed)
 
-# %% ../nbs/08_train.ipynb #ff248bc0
+# %% ../nbs/08_train.ipynb #c5d8c538
 def rng_state() -> dict:
     "Every global RNG state, as plain tensors and numbers"
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -63,7 +63,7 @@ def set_rng_state(d: dict):
     torch.set_rng_state(d['torch'])
     if 'cuda' in d and torch.cuda.is_available(): torch.cuda.set_rng_state_all(d['cuda'])
 
-# %% ../nbs/08_train.ipynb #a08710ad
+# %% ../nbs/08_train.ipynb #1a6b39b4
 CHECKPOINT_FORMAT = 1
 ARCH_KEYS = ('z_size', 'cube_len', 'use_pose')
 REQUIRED_KEYS = ('format', 'model', 'config', 'epoch', 'step', 'history', 'pose_dim')
@@ -100,7 +100,7 @@ def checkpoint_config(ck, path='checkpoint') -> Config:
     try: return load_config(None, **ck['config'])
     except ConfigError as e: raise CheckpointError(f"{path}: its config is not valid here ({e}).") from None
 
-# %% ../nbs/08_train.ipynb #6605c495
+# %% ../nbs/08_train.ipynb #af16fac1
 def load_model_weights(model: VAEGAN, ck: dict, path='checkpoint'):
     "Load the weights of checkpoint `ck` into `model`, or say which config values make them incompatible"
     cfg = ck['config']
@@ -114,7 +114,7 @@ def load_model_weights(model: VAEGAN, ck: dict, path='checkpoint'):
         raise CheckpointError(f"{path}: weights do not fit this model ({str(e).splitlines()[1][:150] if len(str(e).splitlines()) > 1 else e}). "
                               "It was written by another version of sparse3d; train a new model.") from None
 
-# %% ../nbs/08_train.ipynb #d201ce17
+# %% ../nbs/08_train.ipynb #27fa1577
 @dataclass
 class TrainState:
     "What the training loop knows; what callbacks see"
@@ -149,7 +149,7 @@ def _call(callbacks, hook, state):
         f = getattr(cb, hook, None)
         if f is not None: f(state)
 
-# %% ../nbs/08_train.ipynb #b44d432d
+# %% ../nbs/08_train.ipynb #7df26eb8
 class Generative(nn.Module):
     "Encoder and generator of a `VAEGAN` as one module: `(images, poses) -> (VAEOutput, prior logits)`"
     def __init__(self, model: VAEGAN):
@@ -170,13 +170,14 @@ def _grad_norm(params):
     g = [p.grad.detach().float().norm() for p in params if p.grad is not None]
     return torch.stack(g).norm() if g else torch.zeros(())
 
-# %% ../nbs/08_train.ipynb #f7db52fe
+# %% ../nbs/08_train.ipynb #77ed5e06
 def train_step(state: TrainState, batch: dict, gen: nn.Module, critic: nn.Module) -> Optional[dict]:
     "One critic step and one encoder+generator step on `batch`; the losses, or None if the step was skipped (non-finite)"
     cfg, dev = state.cfg, state.device
     images = batch['images'].to(dev, non_blocking=True)
     poses = batch['poses'].to(dev, non_blocking=True) if cfg.use_pose else None
     target = batch['voxels'].to(dev, non_blocking=True)
+    if not _finite(images, target, *([poses] if poses is not None else [])): return None   # before batch norm sees it
     amp = dict(device_type=dev.type, dtype=torch.float16, enabled=state.scaler.is_enabled())
     raw_critic = getattr(critic, 'module', critic)
     with torch.autocast(**amp):
@@ -207,13 +208,13 @@ def train_step(state: TrainState, batch: dict, gen: nn.Module, critic: nn.Module
     losses['loss_d'] = float(loss_d.detach())
     return losses
 
-# %% ../nbs/08_train.ipynb #9758cb05
-THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+# %% ../nbs/08_train.ipynb #00ff86e4
+THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2).tolist())   # a tuple: show_doc cannot render array defaults
 
 def iou_per_threshold(probs, target, thresholds=THRESHOLDS) -> torch.Tensor:
-    "IoU `[B, T]` of probabilities `probs` `[B, D, D, D]` against binary `target` at each threshold"
+    "IoU `[B, T]` of probabilities `probs` `[B, D, D, D]` (occupied where `p >= t`) against binary `target` at each threshold"
     t = torch.as_tensor(thresholds, dtype=probs.dtype, device=probs.device).view(1, -1, 1)
-    p, g = probs.flatten(1).unsqueeze(1) > t, target.flatten(1).unsqueeze(1) > 0.5
+    p, g = probs.flatten(1).unsqueeze(1) >= t, target.flatten(1).unsqueeze(1) > 0.5   # occupied at p >= t, as in evaluation
     inter, union = (p & g).sum(-1).float(), (p | g).sum(-1).float()
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
@@ -230,9 +231,9 @@ def validate(model: VAEGAN, loader, device, use_pose=True) -> dict:
     if not ious: return dict(val_iou=float('nan'), val_iou_best=float('nan'), threshold=0.5)
     m = torch.cat(ious).mean(0)
     k = int(m.argmax())
-    return dict(val_iou=float(m[int(np.argmin(np.abs(THRESHOLDS - 0.5)))]), val_iou_best=float(m[k]), threshold=float(THRESHOLDS[k]))
+    return dict(val_iou=float(m[int(np.argmin(np.abs(np.array(THRESHOLDS) - 0.5)))]), val_iou_best=float(m[k]), threshold=float(THRESHOLDS[k]))
 
-# %% ../nbs/08_train.ipynb #f28906d9
+# %% ../nbs/08_train.ipynb #fc2fe682
 def dist_setup(device_spec='auto'):
     "`(rank, world_size, device)`; initialises the process group when run under torchrun"
     ws = int(os.environ.get('WORLD_SIZE', '1'))
@@ -270,7 +271,7 @@ def replicas_identical(model) -> bool:
     dist.all_gather_object(digests, state_digest(model))
     return len(set(digests)) == 1
 
-# %% ../nbs/08_train.ipynb #811429a7
+# %% ../nbs/08_train.ipynb #e659d71f
 def _checkpoint(state: TrainState) -> dict:
     return dict(format=CHECKPOINT_FORMAT, sparse3d_version=sparse3d.__version__, model=state.model.state_dict(),
                 opt_eg=state.opt_eg.state_dict(), opt_d=state.opt_d.state_dict(), scaler=state.scaler.state_dict(),
@@ -294,7 +295,7 @@ def _write_metrics(out_dir, history):
 def _append_metrics(out_dir, h):
     with open(out_dir/'metrics.jsonl', 'a', encoding='utf-8') as f: f.write(json.dumps(h) + '\n')
 
-# %% ../nbs/08_train.ipynb #4065f2f1
+# %% ../nbs/08_train.ipynb #eeffc83d
 OOM_HELP = ("Lower batch_size (now {batch_size}), num_views ({num_views}), image_size ({image_size}) or cube_len ({cube_len}). "
             "The last complete checkpoint is kept: continue with --resume.")
 
@@ -311,7 +312,7 @@ def _datasets(cfg: Config, input_dir, category):
     if len(train) == 0: raise ConfigError(f"{train.dir}: the train split is empty.")
     return train, val
 
-# %% ../nbs/08_train.ipynb #0ac5c120
+# %% ../nbs/08_train.ipynb #891c47b9
 def fit(cfg: Config, input_dir, output_dir=None, resume=False, start_epoch=None, callbacks=(), category='chair',
         progress=True, max_skipped=5) -> TrainState:
     "Train a `VAEGAN` as `cfg` says on the processed root `input_dir`; checkpoints and metrics in `output_dir`"
@@ -349,9 +350,14 @@ def fit(cfg: Config, input_dir, output_dir=None, resume=False, start_epoch=None,
     state.steps_per_epoch = len(loader)
     if len(val_ds): state.val_sample = {k: (v[None] if torch.is_tensor(v) else [v]) for k, v in val_ds[0].items()}
     if out and state.is_main:
-        out.mkdir(parents=True, exist_ok=True); ckdir.mkdir(exist_ok=True)
-        save_config(cfg, out/'config.yaml')
-        _write_metrics(out, state.history)
+        try:
+            out.mkdir(parents=True, exist_ok=True); ckdir.mkdir(exist_ok=True)
+            for tmp in ckdir.glob('.*.tmp'): tmp.unlink()      # half-written checkpoints of a killed run
+            save_config(cfg, out/'config.yaml')
+            _write_metrics(out, state.history)
+        except OSError as e:
+            raise OutputError(f"{out}: cannot write the run's folder ({e.strerror or e}). Choose another --output_dir, "
+                              "or free space / fix permissions.") from None
     _call(callbacks, 'before_fit', state)
     try:
         while state.epoch < state.n_epochs and not state.stop:
@@ -366,7 +372,7 @@ def fit(cfg: Config, input_dir, output_dir=None, resume=False, start_epoch=None,
     _call(callbacks, 'after_fit', state)
     return state
 
-# %% ../nbs/08_train.ipynb #0f30d189
+# %% ../nbs/08_train.ipynb #fb2f91dc
 def _run_epoch(state, loader, sampler, gen, critic, val_loader, callbacks, progress, max_skipped):
     cfg, epoch = state.cfg, state.epoch
     loader.dataset.set_epoch(epoch)
@@ -408,32 +414,30 @@ def _run_epoch(state, loader, sampler, gen, critic, val_loader, callbacks, progr
     _call(callbacks, 'after_epoch', state)
 
 def _save_epoch(state, best):
-    "latest.pt every epoch, epoch_N.pt every save_freq, best.pt on a new best; then the metrics line and samples"
+    "epoch_N.pt every save_freq, best.pt on a new best, then latest.pt; then the metrics line and samples"
     ck, d = _checkpoint(state), state.out_dir/'checkpoints'
-    save_checkpoint(d/'latest.pt', ck)
     if state.epoch % state.cfg.save_freq == 0 or state.epoch == state.n_epochs: save_checkpoint(d/f'epoch_{state.epoch}.pt', ck)
     if best: save_checkpoint(d/'best.pt', ck)
+    save_checkpoint(d/'latest.pt', ck)          # last: it is what --resume trusts, so everything before it is complete
     _append_metrics(state.out_dir, state.history[-1])
     if state.val_sample is not None and (state.epoch % state.cfg.vis_freq == 0 or state.epoch == state.n_epochs):
         save_samples(state, state.out_dir/'samples'/f'epoch_{state.epoch}.png')
 
-# %% ../nbs/08_train.ipynb #09b1a307
+# %% ../nbs/08_train.ipynb #aa7369d7
 def save_samples(state: TrainState, path):
     "A figure of the fixed validation object: its views, the target and the current prediction"
-    import matplotlib; matplotlib.use('Agg', force=False)
-    from sparse3d.viz import plot_views_gt_pred
+    from sparse3d.viz import plot_views_gt_pred          # figures without pyplot: no backend is touched
     s = state.val_sample
     state.model.eval()
     with torch.inference_mode():
         out = state.model(s['images'].to(state.device), s['poses'].to(state.device) if state.cfg.use_pose else None)
     state.model.train()
-    fig = plot_views_gt_pred(s['images'], s['voxels'], torch.sigmoid(out.logits.float()).cpu(), threshold=state.threshold)
-    fig.suptitle(f"epoch {state.epoch}, threshold {state.threshold:.2f}")
+    fig = plot_views_gt_pred(s['images'], s['voxels'], torch.sigmoid(out.logits.float()).cpu(), threshold=state.threshold,
+                             names=[f"epoch {state.epoch}, threshold {state.threshold:.2f}"])
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f: fig.savefig(f, format='png', dpi=90)
-    import matplotlib.pyplot as plt; plt.close(fig)
+    with atomic_write(path) as f: fig.savefig(f, format='png', dpi=90, bbox_inches='tight')
 
-# %% ../nbs/08_train.ipynb #40af3ab6
+# %% ../nbs/08_train.ipynb #d4adf104
 def run_summary(output_dir, rows=10) -> str:
     "A few lines of a run's `metrics.jsonl` (about `rows` epochs, always the last) and where its files are"
     out = Path(output_dir)
@@ -445,7 +449,7 @@ def run_summary(output_dir, rows=10) -> str:
              f" (threshold {h.get('threshold', float('nan')):.2f})  {h.get('samples_per_s', 0):.0f} samples/s" for h in picked]
     return '\n'.join(lines + [f"checkpoints: {out/'checkpoints'}   metrics: {out/'metrics.jsonl'}   pictures: {out/'samples'}"])
 
-# %% ../nbs/08_train.ipynb #a37ac1f1
+# %% ../nbs/08_train.ipynb #0732ee10
 class FitHandle:
     "A `fit` running in a background thread"
     def __init__(self, *args, **kwargs):
@@ -476,7 +480,7 @@ def fit_background(cfg: Config, input_dir, output_dir=None, **kwargs) -> FitHand
     "Start `fit` in a background thread; returns a `FitHandle`"
     return FitHandle(cfg, input_dir, output_dir, **kwargs)
 
-# %% ../nbs/08_train.ipynb #76b6b016
+# %% ../nbs/08_train.ipynb #e914b143
 def _train_config(config, output_dir, resume, start_epoch, **overrides) -> Config:
     "The config of a training run: a YAML file (or the run's own when resuming) updated by the given flags"
     if config is None and (resume or start_epoch) and output_dir and (Path(output_dir)/'config.yaml').exists():

@@ -7,7 +7,7 @@ __all__ = ['COLORS', 'CONFUSION', 'as_grid', 'voxel_labels', 'label_counts', 'di
            'plot_views_gt_pred', 'plot_training_curves', 'plot_iou_vs_views', 'k3d_order', 'k3d_camera', 'voxel_plot',
            'show_voxels', 'snapshot_html', 'save_snapshot', 'in_notebook', 'TrainingMonitor']
 
-# %% ../nbs/10_visualize.ipynb #223f2d8b
+# %% ../nbs/10_visualize.ipynb #ba2b738b
 import io, sys, threading, time, warnings
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from .config import atomic_write
 
-# %% ../nbs/10_visualize.ipynb #cbf0b228
+# %% ../nbs/10_visualize.ipynb #32519d6b
 COLORS = dict(occupied='#4C8BBF', gt='#8E9AA6', tp='#7FA7CF', fp='#E69F00', fn='#CC79A7')
 CONFUSION = ('true positive', 'false positive', 'false negative')   # labels 1, 2, 3
 
@@ -49,7 +49,7 @@ def label_counts(labels) -> dict:
     tp, fp, fn = (int(v) for v in n[1:4])
     return dict(tp=tp, fp=fp, fn=fn, iou=tp / (tp + fp + fn) if tp + fp + fn else 1.0)
 
-# %% ../nbs/10_visualize.ipynb #8197832b
+# %% ../nbs/10_visualize.ipynb #e22b4194
 _AXES = 'xyz'
 
 def display_order(up='y') -> tuple:
@@ -58,7 +58,7 @@ def display_order(up='y') -> tuple:
     k = _AXES.index(up)
     return ((k + 1) % 3, (k + 2) % 3, k)
 
-# %% ../nbs/10_visualize.ipynb #a1bf75a4
+# %% ../nbs/10_visualize.ipynb #eb13936f
 def _unit_quad(axis, side):
     "Corners of the face of the unit cell at the origin normal to `axis`, on its low (0) or high (1) side"
     b, c = (axis + 1) % 3, (axis + 2) % 3
@@ -81,7 +81,7 @@ def voxel_faces(occ, solid=None):
             normals.append(n); cells.append(idx)
     return np.concatenate(quads), np.concatenate(normals), np.concatenate(cells)
 
-# %% ../nbs/10_visualize.ipynb #fbd367de
+# %% ../nbs/10_visualize.ipynb #11d9e5dd
 def _direction(view):
     "Unit vector towards the viewer for `view` = (elevation, azimuth) in degrees, in the figure's (X, Y, Z)"
     e, a = np.radians(view)
@@ -108,7 +108,7 @@ def _visible_faces(quads, normals, solid, eye):
     samples = np.concatenate([c, c + 0.8 * (q - c)], 1) + 0.01 * n[:, None]
     return front[_unoccluded(samples.reshape(-1, 3), solid, eye).reshape(len(q), 5).any(1)]
 
-# %% ../nbs/10_visualize.ipynb #4fe48da4
+# %% ../nbs/10_visualize.ipynb #ef8491ce
 def _draw_labels(ax, labels, colors, alphas, view, up, axes, zoom=1.25):
     "Draw uint8 `labels` `[x, y, z]` (label i in `colors[i-1]` at opacity `alphas[i-1]`) on the 3D axes `ax`"
     from matplotlib.colors import to_rgb
@@ -165,7 +165,7 @@ def plot_voxels(grid, ax=None, threshold=0.5, color=COLORS['occupied'], gt=None,
     if title: ax.set_title(title, fontsize=10)
     return ax.figure
 
-# %% ../nbs/10_visualize.ipynb #7f95b7cd
+# %% ../nbs/10_visualize.ipynb #ffcaf3b1
 def _batch(x, ndim):
     "numpy batch of `ndim`-dimensional items from an array, a tensor or a `VAEOutput`; a single item gets a batch axis"
     if hasattr(x, 'logits'):
@@ -210,7 +210,7 @@ def plot_views_gt_pred(images, gt, pred, threshold=0.5, confusion=False, names=N
     if confusion: fig.legend(handles=_confusion_handles(), loc='lower center', ncol=3, frameon=False, fontsize=9)
     return fig
 
-# %% ../nbs/10_visualize.ipynb #005818f6
+# %% ../nbs/10_visualize.ipynb #959a7d35
 _LOSSES = ('loss_total', 'loss_recon', 'loss_kl', 'loss_adv', 'loss_d')
 
 def _series(history, key):
@@ -272,7 +272,7 @@ def plot_training_curves(history, figsize=None):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/10_visualize.ipynb #044ce1f8
+# %% ../nbs/10_visualize.ipynb #5ae9bf5d
 _METHOD_STYLE = {'model': dict(color='C0', marker='o', lw=2), 'model (no pose)': dict(color='C1', marker='o', lw=2),
                  'visual hull': dict(color='0.35', marker='s', ls='--'), 'mean shape': dict(color='0.55', marker='^', ls=':')}
 
@@ -300,12 +300,12 @@ def plot_iou_vs_views(table, ax=None, title='IoU against the number of input vie
     ax.figure.tight_layout()
     return ax.figure
 
-# %% ../nbs/10_visualize.ipynb #f7038a92
+# %% ../nbs/10_visualize.ipynb #f78aed6a
 def k3d_order(labels) -> np.ndarray:
     "uint8 `labels` indexed `[x, y, z]` as the C-contiguous `[z, y, x]` array k3d draws: the one transpose between the two"
     return np.ascontiguousarray(np.asarray(labels).astype(np.uint8, copy=False).transpose(2, 1, 0))
 
-# %% ../nbs/10_visualize.ipynb #a14ea90b
+# %% ../nbs/10_visualize.ipynb #9ca2f58c
 def k3d_camera(view=(20, 35), up='y', distance=1.6) -> list:
     "k3d camera `[eye, target, up]` looking at the cube `[-0.5, 0.5]^3` from `view` = (elevation, azimuth), as `plot_voxels` does"
     order = display_order(up)
@@ -314,7 +314,7 @@ def k3d_camera(view=(20, 35), up='y', distance=1.6) -> list:
     upv[order[2]] = 1
     return [*eye.tolist(), 0.0, 0.0, 0.0, *upv.tolist()]
 
-# %% ../nbs/10_visualize.ipynb #cf1f14cc
+# %% ../nbs/10_visualize.ipynb #b196d235
 def _legend_html(colors, names, extra=''):
     chips = '&ensp;'.join(f'<span style="color:{c}">&#9632;</span>&nbsp;{n}' for c, n in zip(colors, names))
     return f'<span style="font-family:sans-serif;font-size:13px">{chips}{extra}</span>'
@@ -339,7 +339,7 @@ def voxel_plot(grid_or_pred, gt=None, threshold=0.5, color=COLORS['occupied'], v
     plot.camera = k3d_camera(view, up)
     return plot
 
-# %% ../nbs/10_visualize.ipynb #cbd17c76
+# %% ../nbs/10_visualize.ipynb #04b2b4c6
 def _summary(pred, gt, threshold):
     "HTML line under the viewer: colours, cell counts and IoU at `threshold`"
     labels = voxel_labels(pred, gt, threshold)
@@ -370,7 +370,7 @@ def show_voxels(pred, gt=None, threshold=0.5, slider=True, **kwargs):
     box.plot, box.voxels, box.slider, box.info, box.on_threshold, box.set_threshold = plot, vox, s, info, on_threshold, set_threshold
     return box
 
-# %% ../nbs/10_visualize.ipynb #bf7b77ba
+# %% ../nbs/10_visualize.ipynb #481a2541
 def snapshot_html(plot) -> str:
     "Self-contained HTML page of the k3d `plot` (or of a `show_voxels` widget's plot): k3d and the data inlined, opens offline"
     plot = getattr(plot, 'plot', plot)
@@ -383,7 +383,7 @@ def save_snapshot(plot, path) -> Path:
     with atomic_write(path, 'w', encoding='utf-8') as f: f.write(snapshot_html(plot))
     return Path(path)
 
-# %% ../nbs/10_visualize.ipynb #c483828e
+# %% ../nbs/10_visualize.ipynb #aa7f0a09
 def in_notebook() -> bool:
     "Whether this runs in a Jupyter kernel, where widgets can show"
     try: from IPython import get_ipython
@@ -393,7 +393,7 @@ def in_notebook() -> bool:
 
 def _fmt(v): return f'{v:.4g}' if isinstance(v, (float, np.floating)) else str(v)
 
-# %% ../nbs/10_visualize.ipynb #2f3b9d0d
+# %% ../nbs/10_visualize.ipynb #3af65de3
 class TrainingMonitor:
     "Training callback: progress, the fixed validation object's prediction against its ground truth (k3d), and the curves; text or nothing outside Jupyter"
     def __init__(self, mode='auto', threshold=0.5, every=1, min_interval=0.5, height=360, out=None, strict=False):
@@ -459,22 +459,23 @@ class TrainingMonitor:
         pred = self.predict(state)
         if pred is None: return
         if self.gt is None: self.gt = as_grid(vs['voxels'])
-        e = getattr(state, 'epoch', 0)
+        e = getattr(state, 'epoch', 0)                       # epochs completed (TrainState's convention)
         self.pred, self.labels = pred, voxel_labels(pred, self.gt, self.threshold)
         self.sample_iou.append((e, label_counts(self.labels)['iou']))
         if self.mode == 'widget':
             self.plot.objects[0].voxels = k3d_order(self.labels)
             self.legend.value = _summary(pred, self.gt, self.threshold).replace(
-                '</span>', f'&ensp;(validation object after epoch {e + 1})</span>', 1)
+                '</span>', f'&ensp;(validation object after epoch {e})</span>', 1)
 
     def _update_curves(self, state):
         buf = io.BytesIO()
         plot_training_curves(self.history, figsize=(7, 3)).savefig(buf, format='png', dpi=72)
         self.curves.value = buf.getvalue()
 
-    def _status_line(self, state):
-        n, e = getattr(state, 'n_epochs', None), getattr(state, 'epoch', 0)
-        parts = [f'epoch {e + 1}/{n}' if n else f'epoch {e + 1}', f"step {getattr(state, 'step', '?')}"]
+    def _status_line(self, state, current=None):
+        "One line: the epoch in progress (or `current`), the step, the last losses"
+        n, e = getattr(state, 'n_epochs', None), getattr(state, 'epoch', 0) + 1 if current is None else current
+        parts = [f'epoch {e}/{n}' if n else f'epoch {e}', f"step {getattr(state, 'step', '?')}"]
         parts += [f"{k.removeprefix('loss_')} {_fmt(v)}" for k, v in (getattr(state, 'losses', None) or {}).items() if _is_number(v)]
         if self._t0: parts.append(f'{time.perf_counter() - self._t0:.0f} s')
         return ' · '.join(parts)
@@ -520,16 +521,16 @@ class TrainingMonitor:
 
     def after_epoch(self, state):
         if self.mode == 'off': return
-        e, n = getattr(state, 'epoch', 0), getattr(state, 'n_epochs', None)
+        e, n = getattr(state, 'epoch', 0), getattr(state, 'n_epochs', None)   # e: epochs completed, this one included
         self.history = getattr(state, 'history', None) or []
-        if (e + 1) % self.every == 0 or e + 1 == n: self._guard('voxel', self._update_voxels, state)
+        if e % self.every == 0 or e == n: self._guard('voxel', self._update_voxels, state)
         if self.mode == 'text':
             last = self.history[-1] if self.history else {}
             vals = [f'{k} {_fmt(v)}' for k, v in last.items() if k != 'epoch' and _is_number(v)]
             if self.sample_iou and self.sample_iou[-1][0] == e: vals.append(f'sample IoU {self.sample_iou[-1][1]:.3f}')
-            return self._say('  '.join([f'epoch {e + 1}/{n}' if n else f'epoch {e + 1}', *vals, f'({time.perf_counter() - self._t0:.1f} s)']))
-        self.progress.value = min(e + 1, self.progress.max)
-        self.status.value = self._status_line(state)
+            return self._say('  '.join([f'epoch {e}/{n}' if n else f'epoch {e}', *vals, f'({time.perf_counter() - self._t0:.1f} s)']))
+        self.progress.value = min(e, self.progress.max)
+        self.status.value = self._status_line(state, e)
         self._guard('curves', self._update_curves, state)
 
     def after_fit(self, state):

@@ -1,0 +1,106 @@
+"""`report.html` of `sparse3d_test` in a real browser, offline.
+
+Headless Chromium (Debian's /usr/bin/chromium, software WebGL through SwiftShader) driven by Playwright opens
+the report with every web request blocked. The page must load without a console error or a failed request, show
+its results table (or, for photos, its predictions table) and its figures, and its <iframe> must draw the k3d
+snapshot of a prediction: a screenshot of the frame must be mostly not background. A report whose 3D view needs
+a CDN, or whose frame stays blank, fails here, not on a user's machine.
+"""
+import re, subprocess, sys, os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = Path('/usr/bin/chromium')
+ARGS = ['--headless', '--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync',
+        '--no-first-run', '--use-angle=swiftshader', '--enable-unsafe-swiftshader']
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
+
+
+@pytest.fixture(scope='module')
+def reports(tmp_path_factory):
+    "The reports of a tiny pose model: on a processed root (views 1, 2, 4) and on a folder of four 200x150 photos"
+    import torch
+    from sparse3d.synthetic import render_dataset
+    from sparse3d.preprocess import PreprocessSettings, preprocess_category, split_and_pack
+    from sparse3d.config import load_config
+    from sparse3d.train import fit
+    from sparse3d.evaluate import write_photo_folder
+    d = tmp_path_factory.mktemp('report')
+    render_dataset(d/'co3d', n_sequences=6, n_frames=4, image_size=64, seed=2, workers=1, progress=False)
+    preprocess_category(d/'co3d', d/'proc', 'chair', PreprocessSettings(image_size=64, cube_len=32), workers=1, progress=False)
+    split_and_pack(d/'proc', 'chair', None, seed=0, val_frac=0.2, test_frac=0.3, progress=False)
+    torch.set_num_threads(2)
+    fit(load_config(None, image_size=64, batch_size=4, num_views=2, z_size=16, n_epochs=1, workers=0, device='cpu'), d/'proc', d/'run',
+        progress=False)
+    write_photo_folder(d/'photos', n_views=4, image_size=(150, 200), seed=4)
+    ck = d/'run'/'checkpoints'/'best.pt'
+    for test_dir, out, extra in ((d/'proc', d/'eval', ['--views', '1,2,4']), (d/'photos', d/'eval_photos', [])):
+        p = subprocess.run([str(BIN/'sparse3d_test'), '--model_path', str(ck), '--test_dir', str(test_dir), '--output_dir', str(out),
+                            '--device', 'cpu', *extra], capture_output=True, text=True, env=ENV, timeout=600)
+        assert p.returncode == 0, p.stderr
+    return dict(processed=d/'eval'/'report.html', photos=d/'eval_photos'/'report.html')
+
+
+def drawn_share(png) -> float:
+    "Share of the screenshot's pixels that are not the white background"
+    from PIL import Image
+    a = np.asarray(Image.open(png).convert('RGB')).astype(int)
+    return float((np.abs(a - 255).max(-1) > 24).mean())
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize('kind', ['processed', 'photos'])
+def test_report_in_chromium(reports, kind, tmp_path):
+    sync_api = pytest.importorskip('playwright.sync_api', reason='Playwright is not installed (PyPI `playwright`)')
+    if not CHROMIUM.exists(): pytest.skip(f'no Chromium at {CHROMIUM} (apt-get install chromium)')
+    report = reports[kind]
+    requests, errors = [], []
+    def block(route):
+        requests.append(route.request.url)
+        route.abort()
+    shot, frame_shot, share = tmp_path/'report.png', tmp_path/'frame.png', 0.0
+    with sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(tmp_path/'profile'), executable_path=str(CHROMIUM), headless=True,
+                                                   args=ARGS, viewport=dict(width=1200, height=900))
+        try:
+            page = ctx.new_page()
+            page.on('console', lambda m: errors.append(f'console {m.type}: {m.text}') if m.type == 'error' else None)
+            page.on('pageerror', lambda e: errors.append(f'page error: {e}'))
+            page.on('requestfailed', lambda r: errors.append(f'failed request: {r.url}'))
+            page.route(re.compile(r'^(https?|wss?)://'), block)              # offline: anything from the web fails
+            page.goto(report.as_uri())
+            page.wait_for_load_state('load')
+            heads = page.locator('h2').all_inner_texts()
+            table = page.locator('table.results' if kind == 'processed' else 'table').first
+            assert table.is_visible()
+            if kind == 'processed':
+                assert heads[:4] == ['Results', 'IoU against the number of views', 'Examples (2 views)', '3D view'], heads
+                assert page.locator('table.results tbody tr').count() == 3              # views 1, 2, 4
+                assert table.locator('th').all_inner_texts()[:4] == ['views', 'IoU ↑', 'F-score@1% ↑', 'Chamfer-L1 ↓']
+            else:
+                assert heads[:3] == ['Prediction', '3D view', 'Predictions'], heads
+            imgs = page.locator('img')
+            assert imgs.count() >= (2 if kind == 'processed' else 1)
+            assert all(page.evaluate('(i) => i.complete && i.naturalWidth > 100', imgs.nth(k).element_handle())
+                       for k in range(imgs.count()))                                 # the figures decoded
+            iframe = page.locator('iframe')
+            iframe.scroll_into_view_if_needed()
+            frame = next(f for f in page.frames if f.url.endswith('prediction_3d.html'))
+            frame.wait_for_function('() => window.K3DInstance !== undefined', timeout=60_000)
+            frame.evaluate('() => Promise.resolve(window.K3DInstance).then(() => new Promise('
+                           'r => requestAnimationFrame(() => requestAnimationFrame(r))))')
+            frame.wait_for_selector('#canvasTarget canvas', state='attached')
+            for _ in range(40):                                                   # SwiftShader may take a moment: poll the pixels
+                iframe.screenshot(path=str(frame_shot))
+                share = drawn_share(frame_shot)
+                if share > 0.03: break
+                page.wait_for_timeout(250)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            ctx.close()
+    assert not errors, f'errors in the report: {errors}'
+    assert not requests, f'the report asked the web for {requests}'
+    assert share > 0.03, f'the 3D view is blank: only {share:.2%} of the frame is not background ({frame_shot})'
