@@ -96,7 +96,7 @@ def failing_save(monkeypatch, at_epoch, hidden):
 
 @pytest.mark.parametrize('hidden', [pytest.param(False, marks=pytest.mark.slow), True], ids=['oserror', 'torch-runtimeerror'])
 def test_fit_checkpoint_disk_full_keeps_last_checkpoint(faults_data, tmp_path, monkeypatch, fault, hidden):
-    fault.describe('Disk', 'disk full while fit() writes latest.pt of epoch 2' + (' (torch.save hides the OSError in a RuntimeError)' if hidden else ''),
+    fault.describe('Disk', 'disk full while fit() writes the checkpoints of epoch 2' + (' (torch.save hides the OSError in a RuntimeError)' if hidden else ''),
                    'OutputError naming latest.pt; latest.pt still epoch 1 and loads; metrics.jsonl says epoch 1; no temp files')
     fault.case()
     cfg = load_config(faults_data['config'], n_epochs=2)
@@ -104,7 +104,8 @@ def test_fit_checkpoint_disk_full_keeps_last_checkpoint(faults_data, tmp_path, m
     with pytest.raises(Sparse3DError) as e: fit(cfg, faults_data['proc'], tmp_path, progress=False)
     monkeypatch.undo()
     msg = str(e.value)
-    assert 'latest.pt' in msg and 'disk is full' in msg and str(tmp_path) in msg, msg
+    # epoch_N.pt and best.pt are written before latest.pt (the resume marker), so the first write to fail may be any
+    assert ('latest.pt' in msg or 'epoch_2.pt' in msg or 'best.pt' in msg) and 'disk is full' in msg and str(tmp_path) in msg, msg
     ck = load_checkpoint(tmp_path/'checkpoints'/'latest.pt')
     assert ck['epoch'] == 1 and all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
     assert [json.loads(l)['epoch'] for l in (tmp_path/'metrics.jsonl').read_text().splitlines()] == [1]

@@ -126,7 +126,8 @@ def test_kill_mid_checkpoint_write_every_checkpoint_loads(killed_mid_checkpoint,
     fault.case()
     k = killed_mid_checkpoint['after_kill']
     assert k['stalls'] == ['latest.pt', '2']
-    assert k['epochs']['latest.pt'] == 1 and k['epochs']['epoch_1.pt'] == 1 and 'epoch_2.pt' not in k['epochs']
+    # latest.pt is written last, so epoch_2.pt may already be complete when latest.pt stalls; every file present loads
+    assert k['epochs']['latest.pt'] == 1 and k['epochs']['epoch_1.pt'] == 1 and k['epochs'].get('epoch_2.pt', 2) == 2
     assert k['temps'], 'the half-written temporary file should be beside latest.pt, not in its place'
 
 
