@@ -126,6 +126,7 @@ class Config:
                         lambda v: v in ('auto', 'cpu', 'cuda') or (v.startswith('cuda:') and v[5:].isdigit()),
                         "'auto', 'cpu', 'cuda' or 'cuda:N'")
     workers: int = _knob(2, 'data-loading worker processes', _nonneg, '>= 0')
+    refine: bool = _knob(True, "with poses, refine the generator's grid with the input silhouettes seen through the cameras")
     voxel_frame: str = _knob('world', "axes of the voxel grid: the sequence's 'world' axes or the first input 'view'",
                              lambda v: v in ('world', 'view'), "'world' or 'view'")
     fill: str = _knob('solid', "voxelisation of point clouds: 'surface' or 'solid' (closed and filled)",

@@ -433,7 +433,7 @@ from .co3d import (Camera, _viewpoint, camera_to_viewpoint, load_image, load_jso
                            save_json, save_mask, viewpoint_to_camera)
 from .preprocess import MIN_MASK_PIXELS, crop_camera, crop_resize, mask_box
 from .data import POSE_DIM, MultiViewDataset, packed_dir, pose_features
-from .model import VAEGAN
+from .model import VAEGAN, model_inputs
 from .train import checkpoint_config, load_checkpoint, load_model_weights, resolve_device, seed_everything
 
 # %% ../nbs/09_evaluate.ipynb #85bcffc8
@@ -556,7 +556,7 @@ def load_photo(photo: Photo, image_size=224, crop_margin=0.1, apply_mask=True) -
     return out
 
 def photo_sample(photos, image_size=224, crop_margin=0.1, apply_mask=True, poses=False) -> dict:
-    "The `Photo`s as one sample like `MultiViewDataset`'s: images `[V, 3, S, S]`, masks `[V, 1, S, S]`, poses `[V, 9]` (None unless `poses`), and each view's record"
+    "The `Photo`s as one sample like `MultiViewDataset`'s: images `[V, 3, S, S]`, masks `[V, 1, S, S]`, poses `[V, 9]` and cameras `K, R, t` (None unless `poses`), and each view's record"
     views = [load_photo(p, image_size, crop_margin, apply_mask) for p in photos]
     pf = None
     if poses:
@@ -566,7 +566,9 @@ def photo_sample(photos, image_size=224, crop_margin=0.1, apply_mask=True, poses
                             f"{'has' if len(missing) == 1 else 'have'} no poses/<name>_pose.json. Give every photo its pose "
                             "(CO3D's R and T), or use a model trained with use_pose: false.")
         pf = torch.from_numpy(pose_features(np.stack([v['camera'].R for v in views]), np.stack([v['camera'].t for v in views])))
-    return dict(images=torch.stack([v['image'] for v in views]), masks=torch.stack([v['mask'] for v in views]), poses=pf,
+    cams = {k: None if pf is None else torch.tensor(np.stack([getattr(v['camera'], k) for v in views]), dtype=torch.float32)
+            for k in ('K', 'R', 't')}
+    return dict(images=torch.stack([v['image'] for v in views]), masks=torch.stack([v['mask'] for v in views]), poses=pf, **cams,
                 names=[v['name'] for v in views], views=views)
 
 # %% ../nbs/09_evaluate.ipynb #6e323d73
@@ -658,7 +660,7 @@ def predict_batches(model, ds, objects, device=None, batch_size=8):
     for s in range(0, len(objects), batch_size):
         idx = list(objects[s:s + batch_size])
         b = default_collate([ds[i] for i in idx])
-        out = model(b['images'].to(device), b['poses'].to(device) if model.cfg.use_pose else None)
+        out = model(**model_inputs(b, model.cfg, device))
         yield idx, b, torch.sigmoid(out.logits.float())
 
 def _empty_note(empties, n, num_views, threshold) -> str:
@@ -948,7 +950,7 @@ def _run_photos(model, cfg, folder, out, photos, sample, views, main, threshold,
         notes.append(f"{folder}: the photos' poses are not used: this model was trained without poses (use_pose: false).")
     for v in views:
         with torch.inference_mode():
-            o = model(sample['images'][None, :v].to(dev), sample['poses'][None, :v].to(dev) if cfg.use_pose else None)
+            o = model(**model_inputs({k: x[None, :v] for k, x in sample.items() if torch.is_tensor(x)}, cfg, dev))
         p = torch.sigmoid(o.logits.float())[0].cpu().numpy()
         paths = save_prediction(p, out/'predictions'/f'{v}_views'/oid, threshold, extent)
         occ = p >= threshold

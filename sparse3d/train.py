@@ -26,7 +26,7 @@ import sparse3d
 from .config import (Config, ConfigError, CheckpointError, OutputError, Sparse3DError, atomic_write, load_config, save_config,
                              config_to_yaml)
 from .data import MultiViewDataset, make_loader, POSE_DIM
-from .model import VAEGAN, VAEOutput, reparameterize, pose_frame, decode_in_frame
+from .model import VAEGAN, VAEOutput, reparameterize, pose_frame, decode_in_frame, refine_logits, model_inputs
 from .losses import vae_gan_loss, discriminator_loss
 
 # %% ../nbs/08_train.ipynb #fc271f95
@@ -151,18 +151,20 @@ def _call(callbacks, hook, state):
 
 # %% ../nbs/08_train.ipynb #7df26eb8
 class Generative(nn.Module):
-    "Encoder and generator of a `VAEGAN` as one module: `(images, poses) -> (VAEOutput, prior logits)`"
+    "Encoder, generator and refiner of a `VAEGAN` as one module: `(images, poses, cameras) -> (VAEOutput, prior logits)`"
     def __init__(self, model: VAEGAN):
         super().__init__()
-        self.encoder, self.generator, self.z_size, self.cfg = model.encoder, model.generator, model.z_size, model.cfg
+        self.encoder, self.generator, self.refiner = model.encoder, model.generator, model.refiner
+        self.z_size, self.cfg = model.z_size, model.cfg
 
-    def forward(self, images, poses):
+    def forward(self, images, poses=None, cameras=None):
         p, R0 = pose_frame(poses, self.cfg.use_pose, self.cfg.voxel_frame)
         mu, logvar = self.encoder(images, p)
         z = reparameterize(mu, logvar, self.training)
         prior = torch.randn(len(z), self.z_size, device=z.device, dtype=z.dtype)
+        logits = refine_logits(self.refiner, decode_in_frame(self.generator, z, R0), cameras, self.cfg)
         # prior shapes are placed with the batch's rotations, so the critic sees them in the frame of the real ones
-        return VAEOutput(decode_in_frame(self.generator, z, R0), mu, logvar, z), decode_in_frame(self.generator, prior, R0)
+        return VAEOutput(logits, mu, logvar, z), decode_in_frame(self.generator, prior, R0)
 
 def _finite(*xs): return all(bool(torch.isfinite(x).all()) for x in xs)
 
@@ -174,14 +176,14 @@ def _grad_norm(params):
 def train_step(state: TrainState, batch: dict, gen: nn.Module, critic: nn.Module) -> Optional[dict]:
     "One critic step and one encoder+generator step on `batch`; the losses, or None if the step was skipped (non-finite)"
     cfg, dev = state.cfg, state.device
-    images = batch['images'].to(dev, non_blocking=True)
-    poses = batch['poses'].to(dev, non_blocking=True) if cfg.use_pose else None
+    inputs = model_inputs(batch, cfg, dev)
     target = batch['voxels'].to(dev, non_blocking=True)
-    if not _finite(images, target, *([poses] if poses is not None else [])): return None   # before batch norm sees it
+    flat = [inputs['images'], target, *([inputs['poses']] if 'poses' in inputs else []), *inputs.get('cameras', {}).values()]
+    if not _finite(*flat): return None                                 # before batch norm sees it
     amp = dict(device_type=dev.type, dtype=torch.float16, enabled=state.scaler.is_enabled())
     raw_critic = getattr(critic, 'module', critic)
     with torch.autocast(**amp):
-        out, prior_logits = gen(images, poses)
+        out, prior_logits = gen(**inputs)
         recon, prior = torch.sigmoid(out.logits), torch.sigmoid(prior_logits)
         d = critic(torch.cat([target, recon.detach(), prior.detach()]).float()).split(len(target))
         loss_d = discriminator_loss(*d, cfg)
@@ -219,13 +221,13 @@ def iou_per_threshold(probs, target, thresholds=THRESHOLDS) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 @torch.inference_mode()
-def validate(model: VAEGAN, loader, device, use_pose=True) -> dict:
+def validate(model: VAEGAN, loader, device) -> dict:
     "Mean validation IoU at 0.5 and at the best threshold, and that threshold"
     was = model.training
     model.eval()
     ious = []
     for b in loader:
-        out = model(b['images'].to(device), b['poses'].to(device) if use_pose else None)
+        out = model(**model_inputs(b, model.cfg, device))
         ious.append(iou_per_threshold(torch.sigmoid(out.logits.float()), b['voxels'].to(device)).cpu())
     model.train(was)
     if not ious: return dict(val_iou=float('nan'), val_iou_best=float('nan'), threshold=0.5)
@@ -330,7 +332,8 @@ def fit(cfg: Config, input_dir, output_dir=None, resume=False, start_epoch=None,
     gen, critic = Generative(model), model.discriminator
     state = TrainState(cfg, model, dev, out, cfg.n_epochs, 0, rank=rank, world_size=ws,
         opt_eg=torch.optim.Adam([dict(params=model.encoder.parameters(), lr=cfg.e_lr),
-                                 dict(params=model.generator.parameters(), lr=cfg.g_lr)], betas=(cfg.beta1, cfg.beta2)),
+                                 dict(params=[*model.generator.parameters(), *(model.refiner.parameters() if model.refiner else [])],
+                                      lr=cfg.g_lr)], betas=(cfg.beta1, cfg.beta2)),
         opt_d=torch.optim.Adam(model.discriminator.parameters(), lr=cfg.d_lr, betas=(cfg.beta1, cfg.beta2)),
         scaler=torch.amp.GradScaler('cuda', enabled=dev.type == 'cuda'))
     if resume or start_epoch:
@@ -403,7 +406,7 @@ def _run_epoch(state, loader, sampler, gen, critic, val_loader, callbacks, progr
     secs = time.perf_counter() - t0
     h = dict(epoch=epoch + 1, step=state.step, **{k: v / max(n_ok, 1) for k, v in sums.items()}, skipped_steps=n_skip,
              seconds=round(secs, 2), samples_per_s=round(n_ok * cfg.batch_size * state.world_size / secs, 2))
-    if state.is_main: h.update(validate(state.model, val_loader, state.device, cfg.use_pose))
+    if state.is_main: h.update(validate(state.model, val_loader, state.device))
     state.epoch = epoch + 1
     state.history.append(h)
     if state.is_main:
@@ -430,7 +433,7 @@ def save_samples(state: TrainState, path):
     s = state.val_sample
     state.model.eval()
     with torch.inference_mode():
-        out = state.model(s['images'].to(state.device), s['poses'].to(state.device) if state.cfg.use_pose else None)
+        out = state.model(**model_inputs(s, state.cfg, state.device))
     state.model.train()
     fig = plot_views_gt_pred(s['images'], s['voxels'], torch.sigmoid(out.logits.float()).cpu(), threshold=state.threshold,
                              names=[f"epoch {state.epoch}, threshold {state.threshold:.2f}"])

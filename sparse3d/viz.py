@@ -446,10 +446,11 @@ class TrainingMonitor:
         if vs is None or model is None or 'images' not in vs: return None
         import torch
         m = getattr(model, 'module', model)                    # a DistributedDataParallel wrapper
-        dev, poses, was = next(m.parameters()).device, vs.get('poses'), m.training
+        from sparse3d.model import model_inputs
+        dev, cfg, was = next(m.parameters()).device, getattr(m, 'cfg', getattr(state, 'cfg', None)), m.training
         m.eval()
         try:
-            with torch.no_grad(): out = m(vs['images'].to(dev), None if poses is None else poses.to(dev))
+            with torch.no_grad(): out = m(**(model_inputs(vs, cfg, dev) if cfg is not None else dict(images=vs['images'].to(dev))))
         finally: m.train(was)
         return as_grid(torch.sigmoid(getattr(out, 'logits', out)[0].float()))
 

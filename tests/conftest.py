@@ -92,12 +92,18 @@ def faults_table(records, selection='') -> str:
              'full run, slow tests included:', '',
              '```', '.venv/bin/python -m pytest -p no:dash tests/test_faults_*.py --faults-report FAULTS.md', '```', '',
              'Each row is one test: the fault it injects or the bad input it feeds, how many cases it tried (hypothesis',
-             'examples, kill points, corrupted files, ...), and what the test asserts survived.',
+             'examples, kill points, corrupted files, ...), and what the test asserts survived. Variants of one test that',
+             'describe the same fault (parametrized cases) share a row.', '',
              *([f'This table comes from a partial run ({selection}).', ''] if selection else []),
              '| Area | Fault or bad input | Cases | Result | Test |', '|---|---|---:|---|---|']
+    rows = {}                                   # variants of a test with the same description and outcome: one row
     for r in recs:
-        test = r.nodeid.split('::', 1)[-1] + (' (slow)' if r.slow else '')
-        lines.append(f"| {r.theme} | {_md(r.what)} | {max(r.cases, 1)} | {_md(result(r))} | `{_md(test)}` |")
+        name = r.nodeid.split('::', 1)[-1].split('[')[0]
+        row = rows.setdefault((r.theme, r.what, result(r), name, r.slow), dict(cases=0, n=0))
+        row['cases'] += max(r.cases, 1); row['n'] += 1
+    for (theme, what, res, name, slow), row in rows.items():
+        test = name + (f" ({row['n']} variants)" if row['n'] > 1 else '') + (' (slow)' if slow else '')
+        lines.append(f"| {theme} | {_md(what)} | {row['cases']} | {_md(res)} | `{_md(test)}` |")
     n = {k: sum(r.outcome == k for r in recs) for k in ('passed', 'xfailed', 'failed', 'skipped', 'xpassed')}
     lines += ['', f"{len(recs)} tests, {sum(max(r.cases, 1) for r in recs)} cases: " + ', '.join(f"{v} {k}" for k, v in n.items() if v) + '.', '']
     return '\n'.join(lines)

@@ -35,7 +35,7 @@ ERRNOS = {errno.ENOSPC: 'disk is full', errno.EDQUOT: 'quota', errno.EROFS: 'rea
 @pytest.mark.parametrize('stage', STAGES)
 @pytest.mark.parametrize('code', list(ERRNOS))
 def test_atomic_write_refused_keeps_previous_file(tmp_path, monkeypatch, fault, stage, code):
-    fault.describe('Disk', f'{errno.errorcode[code]} raised by {stage} inside atomic_write',
+    fault.describe('Disk', 'ENOSPC, EDQUOT, EROFS or EACCES raised by mkstemp, write, fsync or replace inside atomic_write',
                    'OutputError naming the file and the cause; previous content intact; no temporary file')
     fault.case()
     target = tmp_path/'out'/'latest.pt'
@@ -97,7 +97,7 @@ def failing_save(monkeypatch, at_epoch, hidden):
 @pytest.mark.parametrize('hidden', [pytest.param(False, marks=pytest.mark.slow), True], ids=['oserror', 'torch-runtimeerror'])
 def test_fit_checkpoint_disk_full_keeps_last_checkpoint(faults_data, tmp_path, monkeypatch, fault, hidden):
     fault.describe('Disk', 'disk full while fit() writes the checkpoints of epoch 2' + (' (torch.save hides the OSError in a RuntimeError)' if hidden else ''),
-                   'OutputError naming latest.pt; latest.pt still epoch 1 and loads; metrics.jsonl says epoch 1; no temp files')
+                   'OutputError naming the checkpoint; latest.pt still epoch 1 and loads; metrics.jsonl says epoch 1; no temp files')
     fault.case()
     cfg = load_config(faults_data['config'], n_epochs=2)
     failing_save(monkeypatch, 2, hidden)
@@ -105,7 +105,7 @@ def test_fit_checkpoint_disk_full_keeps_last_checkpoint(faults_data, tmp_path, m
     monkeypatch.undo()
     msg = str(e.value)
     # epoch_N.pt and best.pt are written before latest.pt (the resume marker), so the first write to fail may be any
-    assert ('latest.pt' in msg or 'epoch_2.pt' in msg or 'best.pt' in msg) and 'disk is full' in msg and str(tmp_path) in msg, msg
+    assert 'disk is full' in msg and str(tmp_path/'checkpoints') in msg and '.pt: cannot write it' in msg, msg
     ck = load_checkpoint(tmp_path/'checkpoints'/'latest.pt')
     assert ck['epoch'] == 1 and all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
     assert [json.loads(l)['epoch'] for l in (tmp_path/'metrics.jsonl').read_text().splitlines()] == [1]
@@ -182,11 +182,11 @@ def tmpfs(path, size):
 
 
 def clear_error(p, *words):
-    "The CLI failed with one 'error: ...' line that says `words`, and no traceback"
+    "The CLI failed with one 'error: ...' line that says `words` (any case), and no traceback"
     err = p.stderr
     assert p.returncode not in (0, -7, 135), (p.returncode, err[-2000:])          # -7 / 135: SIGBUS
     assert 'Traceback' not in err and 'error:' in err, err[-3000:]
-    for w in words: assert w in err, (w, err[-2000:])
+    for w in words: assert w.lower() in err.lower(), (w, err[-2000:])
 
 
 @pytest.mark.timeout(300)
@@ -200,8 +200,8 @@ def test_train_cli_disk_full_then_resume(faults_data, faults_cli, faults_referen
     with tmpfs(tmp_path/'mnt', 2.5 * size) as fs:               # epoch 1: latest.pt + best.pt fit; epoch 2's latest.pt does not
         out = fs.path/'run'
         p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', cfg, '--input_dir', faults_data['proc'], '--output_dir', out, ok=False)
-        clear_error(p, 'disk is full', 'latest.pt')
-        assert {q.name: load_checkpoint(q)['epoch'] for q in (out/'checkpoints').glob('*.pt')} == {'latest.pt': 1, 'best.pt': 1}
+        clear_error(p, 'disk is full', '.pt: cannot write it')
+        assert {q.name: load_checkpoint(q)['epoch'] for q in (out/'checkpoints').glob('*.pt')}['latest.pt'] == 1   # all load
         assert leftovers(out) == []
         fs.remount(f'size={int(8 * size)}')
         faults_cli.run(faults_cli.bin/'sparse3d_train', '--input_dir', faults_data['proc'], '--output_dir', out, '--resume')
@@ -229,9 +229,6 @@ def test_train_cli_read_only_run_folder(faults_data, faults_cli, faults_referenc
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(reason="08_train: fit() creates the output folder with Path.mkdir outside any sparse3d error handling, so a "
-                          "new --output_dir under a read-only (or full) parent ends in a raw OSError traceback; wrap the "
-                          "mkdir calls and raise OutputError (sparse3d.config) naming the folder", strict=False)
 def test_train_cli_new_run_folder_on_read_only_fs(faults_data, faults_cli, tmp_path, fault):
     fault.describe('Disk', 'sparse3d_train with a new --output_dir on a read-only file system', 'one-line error, no traceback')
     fault.case()

@@ -420,7 +420,8 @@ FILE_READERS = dict(binvox=read_binvox, json=load_json, image=load_image, mask=l
 @pytest.mark.parametrize('reader', list(FILE_READERS))
 @pytest.mark.parametrize('special', list(SPECIAL_FILES))
 def test_special_files_refused_without_hanging(tmp_path, fault, reader, special):
-    fault.describe('Inputs', f'{special.replace("_", " ")} where a {reader} file is expected', 'DataError naming the file at once (a FIFO must not hang the run)')
+    fault.describe('Inputs', 'a FIFO, a folder, a symlink to /dev/zero or a symlink loop where a binvox, JSON, image, mask, depth or PLY file is expected',
+                   'DataError naming the file at once (a FIFO must not hang the run)')
     fault.case()
     p = tmp_path/('input.jgz' if reader == 'json' else f'input.{reader}')
     SPECIAL_FILES[special](p)

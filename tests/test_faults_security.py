@@ -309,16 +309,17 @@ def evaluate_in_process(ckpt, proc, out):
     if hasattr(ev, 'evaluate_run'):
         return ev.evaluate_run(ckpt, proc, out, device='cpu', progress=False)
     from sparse3d.data import MultiViewDataset
-    from sparse3d.model import VAEGAN
+    from sparse3d.model import VAEGAN, model_inputs
     from sparse3d.train import checkpoint_config, load_model_weights
+    from torch.utils.data import default_collate
     ck = load_checkpoint(ckpt)
     cfg = checkpoint_config(ck)
     model = VAEGAN(cfg).eval()
     load_model_weights(model, ck)
     ds = MultiViewDataset(proc, 'test', num_views=cfg.num_views, train=False, seed=cfg.seed)
-    b = ds[0]
-    with torch.inference_mode(): prob = torch.sigmoid(model(b['images'][None], b['poses'][None]).logits)
-    return ev.evaluate_batch(prob, b['voxels'][None], threshold=0.5)
+    b = default_collate([ds[0]])
+    with torch.inference_mode(): prob = torch.sigmoid(model(**model_inputs(b, cfg)).logits)
+    return ev.evaluate_batch(prob, b['voxels'], threshold=0.5)
 
 
 def test_pipeline_in_process_without_network(faults_data, tmp_path, no_network, fault):
