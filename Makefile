@@ -22,6 +22,9 @@ help:
 	@echo "make test-all  the same with slow and browser tests"
 	@echo "make lab       JupyterLab on the workbook (k3d and ipywidgets ready)"
 	@echo "make readme    regenerate README.md from nbs/index.ipynb"
+	@echo "make docs      build the documentation site into _docs/"
+	@echo "make bench     BENCHMARKS.md: speed, memory and quality (trains three more variants after the demo)"
+	@echo "make faults    FAULTS.md: the whole fault-injection suite"
 
 setup: $(STAMP)
 
@@ -101,3 +104,29 @@ clean:
 docs: setup
 	@$(TEST_ENV) $(BIN)/python tools/build_docs.py
 	@echo "open _docs/index.html, or serve it: $(BIN)/python -m http.server -d _docs 8000"
+
+# --- generated reports, committed at the top of the repo and shown as pages of the site ---
+# FAULTS.md: the whole fault-injection suite (slow tests included), one row per fault tried.
+.PHONY: faults bench bench-quick
+faults: setup
+	@$(TEST_ENV) $(BIN)/python -m pytest -p no:dash tests/test_faults_*.py -q --faults-report FAULTS.md
+
+# BENCHMARKS.md: speed and memory on this machine, and quality of four trained variants against the
+# baselines: the demo's model (poses, mean fusion), max fusion, and two without poses (grid in the world
+# frame, or in the first camera's). They train with the demo's configuration on the demo's data; like the
+# demo, re-running resumes.
+BENCH_RUNS = pose, mean=$(DEMO)/run/checkpoints/best.pt;pose, max=$(DEMO)/run_max/checkpoints/best.pt;no pose, mean, world frame=$(DEMO)/run_nopose/checkpoints/best.pt;no pose, mean, view frame=$(DEMO)/run_nopose_view/checkpoints/best.pt
+bench: demo
+	@echo "== train the variants the quality table compares: max fusion, and without poses"
+	@{ cat $(DEMO_CONFIG); echo "voxel_frame: view"; } > $(DEMO)/nopose_view.yaml
+	@for v in "run_max $(DEMO_CONFIG) --combine_type max" "run_nopose $(DEMO_CONFIG) --use_pose false" \
+	          "run_nopose_view $(DEMO)/nopose_view.yaml --use_pose false"; do set -- $$v; run=$$1; config=$$2; shift 2; \
+	  $(BIN)/sparse3d_train --config $$config --input_dir $(DEMO)/processed --output_dir $(DEMO)/$$run "$$@" \
+	    $$( [ -f $(DEMO)/$$run/checkpoints/latest.pt ] && echo --resume ); done
+	@echo "== measure (speed, memory, quality): BENCHMARKS.md"
+	@$(BIN)/sparse3d_bench --output BENCHMARKS.md --runs "$(BENCH_RUNS)" --test_dir $(DEMO)/processed
+
+# A smoke run of every benchmark in a few minutes (small shapes, no quality training); not for BENCHMARKS.md.
+bench-quick: setup
+	@mkdir -p $(DEMO)
+	@$(BIN)/sparse3d_bench --quick --output $(DEMO)/BENCHMARKS.quick.md

@@ -194,6 +194,8 @@ def _fix_markdown(md: str, nb: Path, page: str, site: dict, media: Path = None, 
             if included is None or page_name(p) in included:
                 return f'{m[1]}{"../" * depth}{page_name(p)}.ipynb{m[3] or ""}{m[4]}'
             return f'{m[1]}{site_url(site)}{page_name(p)}.html{m[3] or ""}{m[4]}'   # not in a partial build: the published page
+        if p.parent == ROOT and p.name in REPORTS and p.is_file():      # a generated report: its own page
+            return f'{m[1]}{"../" * depth}{p.name}{m[3] or ""}{m[4]}'
         kind = 'tree' if p.is_dir() else 'blob'                         # another file of the repository: on GitHub
         return f'{m[1]}{site["git_url"]}/{kind}/{site.get("branch", "main")}/{p.relative_to(ROOT).as_posix()}{m[3] or ""}{m[4]}'
     return _MD_LINK.sub(link, md)
@@ -281,10 +283,28 @@ def _toctree(caption, pages) -> str:
     return f'```{{toctree}}\n:hidden:\n:caption: {caption}\n\n' + '\n'.join(pages) + '\n```\n' if pages else ''
 
 
+REPORTS = ('BENCHMARKS.md', 'FAULTS.md')      # generated reports at the top of the repo, shown as pages of their own
+
+
+def stage_reports(stage_dir: Path) -> list:
+    "Copy the generated reports that exist (`REPORTS`) into `stage_dir` under the same names; their page names"
+    pages = []
+    for name in REPORTS:
+        src, dst = ROOT/name, stage_dir/name
+        if not src.exists():
+            dst.unlink(missing_ok=True); continue
+        text = src.read_text(encoding='utf-8')
+        if not dst.exists() or dst.read_text(encoding='utf-8') != text: dst.write_text(text, encoding='utf-8')
+        pages.append(Path(name).stem)
+    return pages
+
+
 def stage(nbs: list, stage_dir: Path, site: dict, quiet=False) -> set:
-    "Write the MyST-NB notebooks of `nbs` under `stage_dir` (only those that changed); the snapshots they ask for"
+    "Write the MyST-NB notebooks of `nbs` under `stage_dir` (only those that changed), and the reports; the snapshots they ask for"
     wanted, pages = set(), []
     written = set()
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    reports = stage_reports(stage_dir)
     for p in nbs:
         t0 = time.perf_counter()
         page, title, doc = process_notebook(p, site, wanted, stage_dir/'_media', {page_name(q) for q in nbs})
@@ -292,7 +312,8 @@ def stage(nbs: list, stage_dir: Path, site: dict, quiet=False) -> set:
         if page == 'index':
             doc['cells'].append(dict(cell_type='markdown', metadata={}, source='\n'.join(filter(None, [
                 _toctree('Chapters', [page_name(q) for q in nbs if q.parent == NBS and q.name != 'index.ipynb']),
-                _toctree('Tutorials', [page_name(q) for q in nbs if q.parent.name == 'tutorials'])]))))
+                _toctree('Tutorials', [page_name(q) for q in nbs if q.parent.name == 'tutorials']),
+                _toctree('Reports', reports)]))))
         dst = stage_dir/f'{page}.ipynb'
         dst.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(doc, indent=1, ensure_ascii=False) + '\n'
