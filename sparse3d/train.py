@@ -81,9 +81,12 @@ def load_checkpoint(path, map_location='cpu') -> dict:
         raise CheckpointError(f"{path}: checkpoint not found. {'This folder has: ' + ', '.join(have) if have else 'No checkpoints in that folder.'}")
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if 'Weights only load failed' in str(e) or 'weights_only' in str(e):
+        if 'GLOBAL' in str(e):                       # the unpickler met a reference to Python code
             raise CheckpointError(f"{path}: refused: this file holds Python objects that could run code when loaded, and sparse3d "
                                   "only loads checkpoints with weights_only=True. Use a checkpoint written by sparse3d.") from None
+        if 'Weights only load failed' in str(e) or 'weights_only' in str(e):   # not PyTorch's zip format: garbage or a raw pickle
+            raise CheckpointError(f"{path}: refused: not a PyTorch checkpoint that can be loaded safely (corrupt, another kind of "
+                                  "file, or a raw pickle, which could run code). Use a checkpoint written by sparse3d.") from None
         raise CheckpointError(f"{path}: corrupt checkpoint ({e}). Re-create it, or resume from another (epoch_N.pt).") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({str(e).splitlines()[0][:120]}). "
