@@ -599,16 +599,16 @@ def _machine_md(r) -> str:
     busy = r.get('load_end')
     rows = [('CPU', m['cpu']), ('cores available', f"{m['cores']} (of {m['logical_cpus']} logical CPUs)"),
             ('torch threads', m['torch_threads']), ('RAM', fmt_bytes(m['ram_bytes'])),
-            ('load average (1 min) at start / end', f"{m.get('load', '-')} / {busy if busy is not None else '-'}"),
+            ('load average (1 min) before / after the run', f"{m.get('load', '-')} / {busy if busy is not None else '-'}"),
             ('CUDA device', m['cuda'] or 'none'), ('OS', m['os']),
             ('Python / torch / numpy / open3d', f"{m['python']} / {m['torch']} / {m['numpy']} / {m['open3d']}"),
             ('sparse3d', m['sparse3d']),
             ('reference: fp32 matmul', f"**{ref['gflops']:.1f} GFLOP/s** (n={ref['n']}, median of {ref['repeats']}; "
                                        f"{ref['start']:.1f} at the start, {ref['end']:.1f} at the end)")]
     note = ''
-    loads = [x for x in (m.get('load'), busy) if x is not None]
+    loads = [x for x in (m.get('load'),) if x is not None]     # the load after counts this benchmark's own work
     if loads and max(loads) >= 0.75 * m['cores']:
-        note = (f"\n> **The machine was busy** (load {max(loads):.1f} on {m['cores']} cores): other processes competed for the CPU, "
+        note = (f"\n> **The machine was busy** (load {max(loads):.1f} on {m['cores']} cores when it started): other processes competed for the CPU, "
                 "and torch's threads lose far more to that than a matmul does (each parallel operation waits for its slowest thread), "
                 "so these numbers are lower bounds, small operations the most. Regenerate on a quiet machine for the record; "
                 "where the cores stay shared, `--threads 1` shows what one core does.\n")

@@ -5,8 +5,9 @@
 # %% auto #0
 __all__ = ['CAMERA_KEYS', 'ViewEncoder', 'PoseEncoder', 'fuse', 'reparameterize', 'MultiViewEncoder', 'Generator',
            'Discriminator', 'rotation_from_6d', 'relative_pose_features', 'view_to_world', 'pose_frame',
-           'decode_in_frame', 'silhouette_votes', 'HullRefiner', 'camera_votes', 'ring_cameras', 'refine_logits',
-           'VAEOutput', 'VAEGAN', 'model_inputs', 'build_model', 'param_counts', 'flops_per_sample', 'forward_time']
+           'decode_in_frame', 'silhouette_votes', 'OneDNNConv3d', 'HullRefiner', 'camera_votes', 'ring_cameras',
+           'refine_logits', 'VAEOutput', 'VAEGAN', 'model_inputs', 'build_model', 'param_counts', 'flops_per_sample',
+           'forward_time']
 
 # %% ../nbs/06_model.ipynb #e8d6cb3c
 import math, time
@@ -231,8 +232,18 @@ def silhouette_votes(masks, K, R, t, cube_len=32, extent=0.5, dilate=1):
     s = s[:, :, 0].reshape(B, V, 2, D, D, D)
     return torch.stack([s[:, :, 0].amin(1), s[:, :, 1].mean(1)], 1)
 
+class OneDNNConv3d(nn.Conv3d):
+    "`nn.Conv3d` that always runs oneDNN's kernel on a CPU (same weights, same results, autograd included)"
+    # PyTorch picks its slow reference kernel for a 3D convolution of one sample with few channels (batch-1
+    # inference); oneDNN runs those 4-7x faster on this machine. Everything else goes the usual way.
+    def forward(self, x):
+        if (x.device.type == 'cpu' and x.dtype == torch.float32 and self.padding_mode == 'zeros'
+                and not isinstance(self.padding, str) and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
+        return super().forward(x)
+
 def _conv3d(cin, cout, stride=1):
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(min(4, cout), cout),
+    return nn.Sequential(OneDNNConv3d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(min(4, cout), cout),
                          nn.LeakyReLU(0.2, inplace=True))
 
 class HullRefiner(nn.Module):

@@ -67,8 +67,8 @@ def test_output_is_a_folder(tmp_path):
     assert '--output is a folder' in one_error_line(bench('--output', tmp_path, '--quick'))
 
 
-@pytest.mark.slow
 def test_quick_end_to_end(tmp_path):
+    "The CI smoke run of `make bench`: every benchmark at tiny sizes, one thread (about 1-2 minutes)"
     from sparse3d.preprocess import PreprocessSettings, preprocess_category, split_and_pack
     from sparse3d.synthetic import render_dataset
     render_dataset(tmp_path/'co3d', n_sequences=5, n_frames=8, image_size=64, seed=3, workers=1, progress=False)
