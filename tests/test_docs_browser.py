@@ -76,7 +76,7 @@ def test_building_runs_no_example_code():
 def test_small_site_html(small_site):
     "No browser: what the build writes (runs in `make test`)"
     site, info = small_site
-    reports = [f'{name[:-3]}.html' for name in build_docs.REPORTS if (ROOT/name).exists()]   # BENCHMARKS.md, FAULTS.md
+    reports = [f'{page}.html' for name, page in build_docs.REPORTS.items() if (ROOT/name).exists()]   # BENCHMARKS.md, FAULTS.md
     assert sorted(info['pages']) == sorted(['config.html', 'index.html', *reports]), info['pages']
     assert not info['warnings'], info['warnings']
     config, home = (site/'config.html').read_text(encoding='utf-8'), (site/'index.html').read_text(encoding='utf-8')
@@ -96,8 +96,8 @@ def test_small_site_html(small_site):
     assert 'sparse3d.github.io' not in re.sub(r'>[^<]*<', '><', home), 'links to the published site must be relative'
     # the generated reports are pages of their own, linked from the home page where the README links them
     readme = (ROOT/'README.md').read_text(encoding='utf-8')
-    for name in build_docs.REPORTS:
-        if (ROOT/name).exists() and f']({name})' in readme: assert f'href="{name[:-3]}.html' in home, name
+    for name, page in build_docs.REPORTS.items():
+        if (ROOT/name).exists() and f']({name})' in readme: assert f'href="{page}.html' in home, name
     # the README picture is copied into the site
     assert re.search(r'<img [^>]*src="_images/[^"]*views_hull\.png"', home)
     assert any((site/'_images').glob('*views_hull.png'))

@@ -195,7 +195,7 @@ def _fix_markdown(md: str, nb: Path, page: str, site: dict, media: Path = None, 
                 return f'{m[1]}{"../" * depth}{page_name(p)}.ipynb{m[3] or ""}{m[4]}'
             return f'{m[1]}{site_url(site)}{page_name(p)}.html{m[3] or ""}{m[4]}'   # not in a partial build: the published page
         if p.parent == ROOT and p.name in REPORTS and p.is_file():      # a generated report: its own page
-            return f'{m[1]}{"../" * depth}{p.name}{m[3] or ""}{m[4]}'
+            return f'{m[1]}{"../" * depth}{REPORTS[p.name]}.md{m[3] or ""}{m[4]}'
         kind = 'tree' if p.is_dir() else 'blob'                         # another file of the repository: on GitHub
         return f'{m[1]}{site["git_url"]}/{kind}/{site.get("branch", "main")}/{p.relative_to(ROOT).as_posix()}{m[3] or ""}{m[4]}'
     return _MD_LINK.sub(link, md)
@@ -283,19 +283,21 @@ def _toctree(caption, pages) -> str:
     return f'```{{toctree}}\n:hidden:\n:caption: {caption}\n\n' + '\n'.join(pages) + '\n```\n' if pages else ''
 
 
-REPORTS = ('BENCHMARKS.md', 'FAULTS.md')      # generated reports at the top of the repo, shown as pages of their own
+# generated reports at the top of the repo, shown as pages of their own (not `benchmarks`: that is the chapter's
+# page, and BENCHMARKS.html beside benchmarks.html would be one file on a case-insensitive file system)
+REPORTS = {'BENCHMARKS.md': 'benchmarks_report', 'FAULTS.md': 'faults_report'}
 
 
 def stage_reports(stage_dir: Path) -> list:
-    "Copy the generated reports that exist (`REPORTS`) into `stage_dir` under the same names; their page names"
+    "Copy the generated reports that exist (`REPORTS`) into `stage_dir` as their pages; their page names"
     pages = []
-    for name in REPORTS:
-        src, dst = ROOT/name, stage_dir/name
+    for name, page in REPORTS.items():
+        src, dst = ROOT/name, stage_dir/f'{page}.md'
         if not src.exists():
             dst.unlink(missing_ok=True); continue
         text = src.read_text(encoding='utf-8')
         if not dst.exists() or dst.read_text(encoding='utf-8') != text: dst.write_text(text, encoding='utf-8')
-        pages.append(Path(name).stem)
+        pages.append(page)
     return pages
 
 
@@ -320,6 +322,8 @@ def stage(nbs: list, stage_dir: Path, site: dict, quiet=False) -> set:
         if not dst.exists() or dst.read_text(encoding='utf-8') != text: dst.write_text(text, encoding='utf-8')
         written.add(dst)
         if not quiet: print(f'  {p.relative_to(ROOT)} -> {page}.html ({time.perf_counter() - t0:.1f} s)', flush=True)
+    for old in stage_dir.glob('*.md'):                           # reports that are gone (or were staged under another name)
+        if old.stem not in reports: old.unlink()
     for old in stage_dir.rglob('*.ipynb'):                       # pages of notebooks that are gone
         if old not in written: old.unlink()
     return wanted
@@ -447,6 +451,17 @@ def check_offline(out: Path) -> list:
     return bad
 
 
+def drop_stale_pages(html: Path, stage_dir: Path) -> list:
+    "Delete the pages of `html` whose source is no longer staged (Sphinx's incremental build keeps them); their paths"
+    gone = []
+    for p in html.rglob('*.html'):
+        rel = p.relative_to(html).with_suffix('')
+        if rel.parts[0].startswith('_') or rel.as_posix() in ('genindex', 'search'): continue
+        if not any((stage_dir/rel).with_suffix(s).exists() for s in ('.ipynb', '.md')):
+            p.unlink(); gone.append(p)
+    return gone
+
+
 def build(out=OUT, only=None, strict=False, quiet=False, stage_dir=None) -> dict:
     "Build the site into `out`; a summary"
     t0 = time.perf_counter()
@@ -460,6 +475,7 @@ def build(out=OUT, only=None, strict=False, quiet=False, stage_dir=None) -> dict
     # MyST-NB writes its `jupyter_execute/` beside Sphinx's output folder: build in _proc/, then copy
     html = stage_dir.with_name(stage_dir.name + '-build')/'html'
     warns = sphinx(stage_dir, html, strict, quiet)
+    drop_stale_pages(html, stage_dir)
     if out.exists(): shutil.rmtree(out)
     shutil.copytree(html, out, ignore=shutil.ignore_patterns('_sources', '.buildinfo', '.buildinfo.bak'))
     make_snapshots(wanted, out/'_static'/'k3d', stage_dir.parent/'k3d-cache', quiet)

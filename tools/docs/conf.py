@@ -35,6 +35,8 @@ html_title = f'{project} {version}'
 html_short_title = project
 html_static_path = ['_static']
 html_css_files = ['sparse3d.css']
+# command-line flags stay as typed: no '--resume' turned into an en dash
+smartquotes = False
 html_favicon = '_static/favicon.svg'
 html_copy_source = False
 html_show_sourcelink = False
