@@ -29,7 +29,7 @@ from .data import MultiViewDataset, make_loader, packed_dir, pose_features, POSE
 from .model import VAEGAN, ring_cameras, forward_time, flops_per_sample
 from .preprocess import PreprocessSettings, preprocess_category, split_and_pack
 from .synthetic import render_dataset
-from .train import TrainState, Generative, train_step, seed_everything, resolve_device
+from .train import TrainState, Generative, optimizers, train_step, seed_everything, resolve_device
 
 # %% ../nbs/11_benchmarks.ipynb #43cb9e1e
 def _cpu_model() -> str:
@@ -190,12 +190,9 @@ def make_train_state(cfg, device='cpu', steps_per_epoch=1000) -> tuple:
     "`(TrainState, generative module, critic)` built as `fit` builds them (model, Adam optimisers, gradient scaler), without data"
     dev = torch.device(device)
     model = VAEGAN(cfg, POSE_DIM).to(dev)
-    state = TrainState(cfg, model, dev, None, cfg.n_epochs, steps_per_epoch,
-        opt_eg=torch.optim.Adam([dict(params=model.encoder.parameters(), lr=cfg.e_lr),
-                                 dict(params=[*model.generator.parameters(), *(model.refiner.parameters() if model.refiner else [])],
-                                      lr=cfg.g_lr)], betas=(cfg.beta1, cfg.beta2)),
-        opt_d=torch.optim.Adam(model.discriminator.parameters(), lr=cfg.d_lr, betas=(cfg.beta1, cfg.beta2)),
-        scaler=torch.amp.GradScaler('cuda', enabled=dev.type == 'cuda'))
+    opt_eg, opt_d = optimizers(model, cfg)                  # the optimisers fit uses
+    state = TrainState(cfg, model, dev, None, cfg.n_epochs, steps_per_epoch, opt_eg=opt_eg, opt_d=opt_d,
+                       scaler=torch.amp.GradScaler('cuda', enabled=dev.type == 'cuda'))
     model.train()
     return state, Generative(model), model.discriminator
 

@@ -6,8 +6,8 @@
 __all__ = ['CHECKPOINT_FORMAT', 'ARCH_KEYS', 'REQUIRED_KEYS', 'THRESHOLDS', 'OOM_HELP', 'resolve_device', 'seed_everything',
            'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'checkpoint_config',
            'load_model_weights', 'TrainState', 'Generative', 'train_step', 'iou_per_threshold', 'validate',
-           'dist_setup', 'state_digest', 'shutdown_distributed', 'replicas_identical', 'fit', 'save_samples',
-           'run_summary', 'FitHandle', 'fit_background', 'train_cli']
+           'dist_setup', 'state_digest', 'shutdown_distributed', 'replicas_identical', 'optimizers', 'fit',
+           'save_samples', 'run_summary', 'FitHandle', 'fit_background', 'train_cli']
 
 # %% ../nbs/08_train.ipynb #387c3e17
 import json, math, os, pickle, random, sys, threading, time, warnings, zipfile
@@ -306,6 +306,13 @@ OOM_HELP = ("Lower batch_size (now {batch_size}), num_views ({num_views}), image
 
 def _is_oom(e): return isinstance(e, (MemoryError, getattr(torch.cuda, 'OutOfMemoryError', MemoryError))) or 'out of memory' in str(e).lower() or "can't allocate memory" in str(e).lower()
 
+def optimizers(model: VAEGAN, cfg: Config) -> tuple:
+    "`(opt_eg, opt_d)`: Adam over the encoder (`e_lr`) and the generator and refiner (`g_lr`), and Adam over the critic (`d_lr`)"
+    gen = [*model.generator.parameters(), *(model.refiner.parameters() if model.refiner is not None else [])]
+    opt_eg = torch.optim.Adam([dict(params=model.encoder.parameters(), lr=cfg.e_lr), dict(params=gen, lr=cfg.g_lr)],
+                              betas=(cfg.beta1, cfg.beta2))
+    return opt_eg, torch.optim.Adam(model.discriminator.parameters(), lr=cfg.d_lr, betas=(cfg.beta1, cfg.beta2))
+
 def _datasets(cfg: Config, input_dir, category):
     "Train and val datasets, checked against `cfg` before any work"
     kw = dict(num_views=cfg.num_views, category=category, seed=cfg.seed, apply_mask=cfg.apply_mask,
@@ -333,12 +340,9 @@ def fit(cfg: Config, input_dir, output_dir=None, resume=False, start_epoch=None,
     model = VAEGAN(cfg, POSE_DIM).to(dev)
     if dev.type == 'cuda': torch.backends.cudnn.benchmark = True
     gen, critic = Generative(model), model.discriminator
-    state = TrainState(cfg, model, dev, out, cfg.n_epochs, 0, rank=rank, world_size=ws,
-        opt_eg=torch.optim.Adam([dict(params=model.encoder.parameters(), lr=cfg.e_lr),
-                                 dict(params=[*model.generator.parameters(), *(model.refiner.parameters() if model.refiner else [])],
-                                      lr=cfg.g_lr)], betas=(cfg.beta1, cfg.beta2)),
-        opt_d=torch.optim.Adam(model.discriminator.parameters(), lr=cfg.d_lr, betas=(cfg.beta1, cfg.beta2)),
-        scaler=torch.amp.GradScaler('cuda', enabled=dev.type == 'cuda'))
+    opt_eg, opt_d = optimizers(model, cfg)
+    state = TrainState(cfg, model, dev, out, cfg.n_epochs, 0, rank=rank, world_size=ws, opt_eg=opt_eg, opt_d=opt_d,
+                       scaler=torch.amp.GradScaler('cuda', enabled=dev.type == 'cuda'))
     if resume or start_epoch:
         path = ckdir/('latest.pt' if resume else f'epoch_{start_epoch}.pt')
         _restore(state, load_checkpoint(path), path)
