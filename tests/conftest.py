@@ -121,15 +121,15 @@ def pytest_sessionfinish(session, exitstatus):
 
 # The tiny CO3D-format root every fault test starts from: 6 synthetic chairs x 4 frames at 64 px, processed
 # (train 4 / val 1 / test 1), and a config small enough that an epoch takes about a second on one CPU core.
-FAULTS_BIN = Path(sys.executable).parent
-FAULTS_ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'MPLBACKEND': 'Agg', 'PYTHONHASHSEED': '0'}
+CLI_BIN = Path(sys.executable).parent
+CLI_ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'MPLBACKEND': 'Agg', 'PYTHONHASHSEED': '0'}
 TINY_CONFIG = dict(image_size=64, batch_size=2, num_views=2, z_size=16, n_epochs=3, save_freq=1, vis_freq=100,
                    workers=0, device='cpu', seed=0)
 
 
-def faults_run(*args, ok=True, timeout=600, env=None):
-    "Run a command (a console script of this venv, or python) and return the CompletedProcess; raise if `ok` and it failed"
-    p = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env or FAULTS_ENV, timeout=timeout)
+def run_cli(*args, ok=True, timeout=600, env=None):
+    "Run a command (a console script of this venv, or python; one BLAS thread, no display) and return the CompletedProcess; raise if `ok` and it failed. Shared by the CLI tests"
+    p = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env or CLI_ENV, timeout=timeout)
     if ok and p.returncode != 0: raise AssertionError(f"{args[0]} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
 
@@ -139,9 +139,9 @@ def faults_data(tmp_path_factory):
     "`dict(co3d=, proc=, config=)`: the tiny synthetic root, its processed form and the tiny training config"
     import yaml
     d = tmp_path_factory.mktemp('faults_data')
-    faults_run(FAULTS_BIN/'sparse3d_synth', '--out', d/'co3d', '--sequences', 6, '--frames', 4, '--image_size', 64,
+    run_cli(CLI_BIN/'sparse3d_synth', '--out', d/'co3d', '--sequences', 6, '--frames', 4, '--image_size', 64,
                '--seed', 3, '--workers', 1, '--quiet')
-    p = faults_run(FAULTS_BIN/'sparse3d_preprocess', '--input_dir', d/'co3d', '--output_dir', d/'proc',
+    p = run_cli(CLI_BIN/'sparse3d_preprocess', '--input_dir', d/'co3d', '--output_dir', d/'proc',
                    '--image_size', 64, '--workers', 1)
     assert '6 sequences processed' in p.stdout and '0 failed' in p.stdout, p.stdout
     (d/'tiny.yaml').write_text(yaml.safe_dump(TINY_CONFIG))
@@ -152,7 +152,7 @@ def faults_data(tmp_path_factory):
 def faults_reference_run(faults_data, tmp_path_factory):
     "The uninterrupted `sparse3d_train` run of the tiny config: what every interrupted run must end equal to"
     out = tmp_path_factory.mktemp('faults_ref')/'run'
-    faults_run(FAULTS_BIN/'sparse3d_train', '--config', faults_data['config'], '--input_dir', faults_data['proc'],
+    run_cli(CLI_BIN/'sparse3d_train', '--config', faults_data['config'], '--input_dir', faults_data['proc'],
                '--output_dir', out)
     return out
 
@@ -161,4 +161,4 @@ def faults_reference_run(faults_data, tmp_path_factory):
 def faults_cli():
     "Helpers for the fault tests: `.run(*args, ok=True)`, `.bin` (this venv's console scripts), `.env`, `.tiny` (the tiny config)"
     from types import SimpleNamespace
-    return SimpleNamespace(run=faults_run, bin=FAULTS_BIN, env=FAULTS_ENV, tiny=dict(TINY_CONFIG))
+    return SimpleNamespace(run=run_cli, bin=CLI_BIN, env=CLI_ENV, tiny=dict(TINY_CONFIG))

@@ -9,23 +9,18 @@
   of another architecture, a corrupt one, --use_pose against the checkpoint) end with one line `error: ...`
   and a non-zero exit status, and write nothing.
 """
-import csv, json, os, subprocess, sys
-from pathlib import Path
+import csv, json
 
 import numpy as np
 import pytest
 import torch
 
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
+from conftest import CLI_BIN as BIN, run_cli
 CSV_COLUMNS = ['id', 'method', 'num_views', 'views', 'threshold', 'iou', 'fscore', 'precision', 'recall', 'chamfer_l1',
                'pred_occupancy', 'target_occupancy', 'empty_pred', 'empty_target']
 
 
-def sparse3d_test(*args, ok=True, timeout=600):
-    p = subprocess.run([str(BIN/'sparse3d_test'), *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout)
-    if ok and p.returncode != 0: raise AssertionError(f"sparse3d_test failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p
+def sparse3d_test(*args, ok=True, timeout=600): return run_cli(BIN/'sparse3d_test', *args, ok=ok, timeout=timeout)
 
 
 @pytest.fixture(scope='module')

@@ -1,20 +1,12 @@
 """The command lines end to end, as a user runs them: synthetic CO3D root -> preprocess -> train -> resume,
 bad values refused before any work, and DistributedDataParallel with two gloo processes."""
-import json, os, subprocess, sys
-from pathlib import Path
+import json, sys
 
 import numpy as np
 import pytest
 import torch
 
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
-
-
-def run(*args, ok=True, timeout=600):
-    p = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=ENV, timeout=timeout)
-    if ok and p.returncode != 0: raise AssertionError(f"{args[0]} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p
+from conftest import CLI_BIN as BIN, run_cli as run
 
 
 @pytest.fixture(scope='module')
