@@ -14,7 +14,7 @@ STAMP := $(VENV)/.sparse3d-setup
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg PYTHONHASHSEED=0
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: help setup demo test test-all lab readme check-clean check-export check-readme nbtest pytest clean
+.PHONY: help setup demo test test-all lab readme check-clean check-export check-readme nbtest pytest clean lint
 
 help:
 	@echo "make demo      render synthetic chairs, preprocess, train on CPU, evaluate; results in demo/"
@@ -59,6 +59,10 @@ demo: setup
 	  --output_dir $(DEMO)/eval --split test --views 1,2,4,8
 
 # --- checks: the notebooks are the source, everything else must match them ---
+# The linter reads the exported package (fix findings in the notebook the module names) and tests/.
+lint: setup
+	@$(BIN)/ruff check sparse3d tests
+
 check-clean: setup
 	@$(BIN)/nbdev_clean
 	@if [ -n "$$(git status --porcelain -- nbs)" ]; then \
