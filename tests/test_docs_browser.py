@@ -110,7 +110,7 @@ def test_small_site_html(small_site):
 
 
 def test_every_notebook_is_a_page():
-    "Every notebook of nbs/ and of its sections (explanations/, tutorials/) is staged as a page (without building the site)"
+    "Every notebook of nbs/ and of its sections (explanations/, tutorials/) is staged as a page, without building"
     nbs = build_docs.notebooks()
     names = {build_docs.page_name(p) for p in nbs}
     assert {'index', 'config', 'visualize', 'explanations/design'} <= names, names
