@@ -436,7 +436,7 @@ def ply2voxel_cli(input:Param('a point cloud .ply', str, required=True)=None,
                   cube_len:int=32, # grid side: 32 or 64
                   fill:str='solid', # surface, or solid (closed and filled)
                   outlier_std:float=3.0): # drop points this many std from their neighbours (0: keep all)
-    "Voxelise a point cloud into a .binvox (normalised as in DESIGN.md; the file's translate/scale place it in the world)"
+    "Voxelise a point cloud into a .binvox (normalised as the design chapter says; its header places it in the world)"
     def run():
         check_value('cube_len', cube_len); check_value('fill', fill)
         xyz, _, _ = load_pointcloud(input)

@@ -110,11 +110,12 @@ def test_small_site_html(small_site):
 
 
 def test_every_notebook_is_a_page():
-    "Every notebook of nbs/ and nbs/tutorials/ is staged as a page (without building the whole site)"
+    "Every notebook of nbs/ and of its sections (explanations/, tutorials/) is staged as a page, without building"
     nbs = build_docs.notebooks()
     names = {build_docs.page_name(p) for p in nbs}
-    assert {'index', 'config', 'visualize'} <= names
-    assert {p.stem for p in (build_docs.NBS/'tutorials').glob('*.ipynb')} <= {p.stem for p in nbs}
+    assert {'index', 'config', 'visualize', 'explanations/design'} <= names, names
+    for section in build_docs.SECTIONS:
+        assert {p.stem for p in (build_docs.NBS/section).glob('*.ipynb')} <= {p.stem for p in nbs}, section
     assert len(names) == len(nbs), 'two notebooks would become the same page'
 
 

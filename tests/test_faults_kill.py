@@ -1,7 +1,7 @@
 """Fault injection: `kill -9` of `sparse3d_train` (and `sparse3d_preprocess`) at random points and in the middle of
 a checkpoint write, then `--resume`. What must survive: every checkpoint that exists loads (none is ever
 half-written), the run continues from the last complete epoch, and its final weights equal those of an
-uninterrupted run (CPU runs are reproducible, DESIGN.md)."""
+uninterrupted run (CPU runs are reproducible, as the design chapter says)."""
 import json, os, random, signal, subprocess, sys, time
 from pathlib import Path
 

@@ -5,11 +5,11 @@ machine (and `nbdev_proc_nbs` tries to install it). This does nbdev's half the s
 (its `FilterDefaults` processors: frontmatter, `#| hide`, `#| export`, show_doc API sections, links
 between symbols), and gives Quarto's half to Sphinx with MyST-NB and the Furo theme:
 
-1. every notebook of `nbs/` (and `nbs/tutorials/`) is read and run through nbdev's processors. The
-   API sections come from `show_doc`, which needs the notebook's definitions: as in nbdev, the exported
-   cells and the imports are run in a fresh in-process shell; unlike nbdev, from a cell that mixes
-   imports with other code only the imports run, so no example, training or rendering cell is ever
-   executed. Every other output shown is the one saved in the notebook.
+1. every notebook of `nbs/` (and of its sections `nbs/explanations/` and `nbs/tutorials/`) is read and
+   run through nbdev's processors. The API sections come from `show_doc`, which needs the notebook's
+   definitions: as in nbdev, the exported cells and the imports are run in a fresh in-process shell;
+   unlike nbdev, from a cell that mixes imports with other code only the imports run, so no example,
+   training or rendering cell is ever executed. Every other output shown is the one saved in the notebook.
 2. Quarto's cell options become MyST-NB cell tags (`echo: false` -> `remove-input`, `output: false`
    -> `remove-output`, `include: false` -> the cell is dropped; `output: asis` markdown, such as the
    API sections, becomes page markdown), `#|` lines are removed from the code shown, links between
@@ -52,11 +52,15 @@ def page_name(nb: Path) -> str:
     return (rel.parent/re.sub(r'^\d+[a-zA-Z0-9]*_', '', rel.stem.lower())).as_posix()
 
 
+# sub-folders of nbs/ whose notebooks are a section of their own in the site's contents (see `stage`)
+SECTIONS = ('explanations', 'tutorials')
+
+
 def notebooks(only=None) -> list:
-    "index.ipynb, the numbered chapters, then the tutorials; with `only`, index plus the notebooks whose stem or page is in it"
+    "index.ipynb, the numbered chapters, then the `SECTIONS`; with `only`, index plus the notebooks whose stem or page is in it"
     chapters = sorted(p for p in NBS.glob('*.ipynb') if p.name != 'index.ipynb')
-    tutorials = sorted((NBS/'tutorials').glob('*.ipynb'))
-    nbs = [NBS/'index.ipynb', *chapters, *tutorials]
+    sections = [p for folder in SECTIONS for p in sorted((NBS/folder).glob('*.ipynb'))]
+    nbs = [NBS/'index.ipynb', *chapters, *sections]
     if only: nbs = [p for p in nbs if p.name == 'index.ipynb' or p.stem in only or page_name(p) in only]
     return [p for p in nbs if p.exists() and not p.name.startswith('.')]
 
@@ -312,9 +316,11 @@ def stage(nbs: list, stage_dir: Path, site: dict, quiet=False) -> set:
         page, title, doc = process_notebook(p, site, wanted, stage_dir/'_media', {page_name(q) for q in nbs})
         pages.append(page)
         if page == 'index':
+            section = lambda folder: [page_name(q) for q in nbs if q.parent == NBS/folder]
             doc['cells'].append(dict(cell_type='markdown', metadata={}, source='\n'.join(filter(None, [
+                _toctree('Explanations', section('explanations')),     # first: the design chapter is read first
                 _toctree('Chapters', [page_name(q) for q in nbs if q.parent == NBS and q.name != 'index.ipynb']),
-                _toctree('Tutorials', [page_name(q) for q in nbs if q.parent.name == 'tutorials']),
+                _toctree('Tutorials', section('tutorials')),
                 _toctree('Reports', reports)]))))
         dst = stage_dir/f'{page}.ipynb'
         dst.parent.mkdir(parents=True, exist_ok=True)
