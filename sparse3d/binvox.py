@@ -7,12 +7,13 @@ __all__ = ['MAX_DIM', 'VoxelGrid', 'dense_to_coords', 'coords_to_dense', 'rle_en
            'binvox_bytes', 'write_binvox']
 
 # %% ../nbs/01_binvox.ipynb #aa2d3fca
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .config import DataError, atomic_write
+from .geometry import cell_centers
 
 # %% ../nbs/01_binvox.ipynb #0d1c4d84
 @dataclass
@@ -32,7 +33,8 @@ class VoxelGrid:
 
     def centers(self) -> np.ndarray:
         "`[N, 3]` positions in space of the centres of the occupied cells"
-        return np.asarray(self.translate) + (self.coords + 0.5) * (self.scale / self.dim)
+        half = self.scale / 2                    # the cube's centre is translate + half; its cells are cell_centers
+        return np.asarray(self.translate, np.float64) + half + cell_centers(self.dim, half)[self.coords]
 
 # %% ../nbs/01_binvox.ipynb #b9c04011
 def dense_to_coords(occupancy) -> np.ndarray:

@@ -8,7 +8,7 @@ __all__ = ['POSE_DIM', 'VIEW_EXTENT', 'Similarity', 'Camera', 'look_at', 'cell_c
            'look_at_point', 'pose_features', 'relative_pose_features', 'rotate_grid', 'to_view_frame', 'view0_cameras',
            'view_to_world', 'sample_surface']
 
-# %% ../nbs/00a_geometry.ipynb #18d64a4c
+# %% ../nbs/00a_geometry.ipynb #d9f1734f
 import math
 from dataclasses import dataclass
 
@@ -17,7 +17,7 @@ import numpy as np
 from .config import ConfigError, DataError
 
 
-# %% ../nbs/00a_geometry.ipynb #c9f523ee
+# %% ../nbs/00a_geometry.ipynb #f5e2945b
 @dataclass
 class Similarity:
     "A similarity transform of space, `x -> scale * rotation @ x + translation`"
@@ -39,7 +39,7 @@ class Similarity:
         return cls(1 / scale, np.eye(3), -np.asarray(center, np.float64) / scale)
 
 
-# %% ../nbs/00a_geometry.ipynb #a6e10ec6
+# %% ../nbs/00a_geometry.ipynb #9f956766
 def _array(a, shape, name):
     "`a` as a float64 array of `shape`, else a `DataError` naming `name`"
     a = np.asarray(a, np.float64)
@@ -47,7 +47,7 @@ def _array(a, shape, name):
         raise DataError(f"Camera: {name} must have {math.prod(shape)} numbers (shape {list(shape)}), got shape {list(a.shape)}.")
     return a.reshape(shape)
 
-@dataclass
+@dataclass(eq=False)
 class Camera:
     "OpenCV pinhole camera: `x_cam = R @ x_world + t`, pixel intrinsics `K`, image size `(H, W)`"
     K: np.ndarray
@@ -59,6 +59,11 @@ class Camera:
         self.K, self.R, self.t = _array(self.K, (3, 3), 'K'), _array(self.R, (3, 3), 'R'), _array(self.t, (3,), 't')
         if len(self.image_size) != 2: raise DataError(f"Camera: image_size must be (H, W), got {self.image_size!r}.")
         self.image_size = tuple(int(s) for s in self.image_size)
+
+    def __eq__(self, other):
+        "Same image size and exactly the same `K`, `R`, `t`"
+        return (isinstance(other, Camera) and self.image_size == other.image_size
+                and all(np.array_equal(getattr(self, k), getattr(other, k)) for k in 'KRt'))
 
     @property
     def center(self) -> np.ndarray:
@@ -80,7 +85,7 @@ class Camera:
         return uv, z
 
 
-# %% ../nbs/00a_geometry.ipynb #c2508404
+# %% ../nbs/00a_geometry.ipynb #cd09f5b2
 def _shift_principal_point(self: Camera, dx, dy, image_size=None) -> Camera:
     "The same camera with its principal point moved by `(dx, dy)` pixels (the image content moves with it)"
     K = self.K.copy(); K[0, 2] += dx; K[1, 2] += dy
@@ -120,7 +125,7 @@ Camera.shift_principal_point, Camera.crop, Camera.resize = _shift_principal_poin
 Camera.pad, Camera.transform, Camera.normalize = _pad, _transform, _normalize
 
 
-# %% ../nbs/00a_geometry.ipynb #122101de
+# %% ../nbs/00a_geometry.ipynb #1ca60e97
 def look_at(eye, target, up=(0, 1, 0), K=None, image_size=(128, 128), fov_deg=40.0) -> Camera:
     "OpenCV `Camera` at `eye` looking at `target`, image up roughly along `up`; `K` from `fov_deg` when not given"
     eye, target, up = (np.asarray(a, np.float64) for a in (eye, target, up))
@@ -136,7 +141,7 @@ def look_at(eye, target, up=(0, 1, 0), K=None, image_size=(128, 128), fov_deg=40
     return Camera(K, R, -R @ eye, image_size)
 
 
-# %% ../nbs/00a_geometry.ipynb #9b0120d3
+# %% ../nbs/00a_geometry.ipynb #a2ed7ff3
 def _is_torch(dtype, device) -> bool: return device is not None or type(dtype).__module__ == 'torch'
 
 def cell_centers(cube_len, extent=0.5, points=False, dtype=None, device=None):
@@ -152,7 +157,7 @@ def cell_centers(cube_len, extent=0.5, points=False, dtype=None, device=None):
     return np.stack(np.meshgrid(c, c, c, indexing='ij'), -1).reshape(-1, 3) if points else c
 
 
-# %% ../nbs/00a_geometry.ipynb #03bc089f
+# %% ../nbs/00a_geometry.ipynb #b61830a4
 def _check_cameras(K, R, t, who='cameras'):
     "`K`, `R` `[B, V, 3, 3]` and `t` `[B, V, 3]`, checked to agree"
     if K.ndim != 4 or tuple(K.shape[2:]) != (3, 3) or R.shape != K.shape or tuple(t.shape) != tuple(K.shape[:3]):
@@ -175,7 +180,7 @@ def project_points(points, K, R, t, eps=1e-6):
     return uv.reshape(B, V, -1, 2), z.reshape(B, V, -1)
 
 
-# %% ../nbs/00a_geometry.ipynb #8ef1a824
+# %% ../nbs/00a_geometry.ipynb #f0556bac
 def dilate_views(maps, pixels):
     "Maps `[B, V, C, H, W]` each dilated by a max filter over a `(2k+1)`-pixel square, `k = pixels` (an int, or `[V]` or `[B, V]` ints)"
     import torch, torch.nn.functional as F
@@ -213,7 +218,7 @@ def sample_views(maps, uv, z, outside=0.0, eps=1e-6):
     return (s + outside if outside else s).reshape(B, V, C, -1)
 
 
-# %% ../nbs/00a_geometry.ipynb #a06cd4f5
+# %% ../nbs/00a_geometry.ipynb #d8732256
 def silhouette_votes(masks, K, R, t, cube_len=32, extent=0.5, dilate=1):
     "Silhouette evidence `[B, 2, D, D, D]` over `[-extent, extent]^3`: min over views of the mask dilated by `dilate` px where each cell centre projects, and the mean over views of the mask"
     import torch
@@ -230,7 +235,7 @@ def silhouette_votes(masks, K, R, t, cube_len=32, extent=0.5, dilate=1):
     return torch.stack([s[:, :, 0].amin(1), s[:, :, 1].mean(1)], 1)
 
 
-# %% ../nbs/00a_geometry.ipynb #53a3d61c
+# %% ../nbs/00a_geometry.ipynb #d6562519
 def margin_pixels(K, t, margin, cube_len, extent=0.5):
     "Dilation `[..., V]` in whole pixels of a margin of `margin` cells: a cell's width at the depth of the cube's centre, rounded"
     import torch
@@ -256,7 +261,7 @@ def _hull_inputs(masks, K, R, t):
     return m, K, R, t, batched
 
 
-# %% ../nbs/00a_geometry.ipynb #ec6a1015
+# %% ../nbs/00a_geometry.ipynb #b1e2e969
 def visual_hull(masks, K, R, t, cube_len=32, margin=0.5, outside='carve', soft=False, mask_threshold=0.5, extent=0.5):
     "Occupancy `[D, D, D]` (or `[B, D, D, D]`, over `[-extent, extent]^3`) of the cells whose centre projects into every mask dilated by `margin` cells: the soft hull of `silhouette_votes`, thresholded"
     import torch
@@ -279,7 +284,7 @@ def visual_hull(masks, K, R, t, cube_len=32, margin=0.5, outside='carve', soft=F
     return out if batched else out[0]
 
 
-# %% ../nbs/00a_geometry.ipynb #7fe98b48
+# %% ../nbs/00a_geometry.ipynb #67fb070e
 POSE_DIM = 9
 
 def rotation_to_6d(R):
@@ -295,7 +300,7 @@ def rotation_from_6d(r6):
     return torch.stack([c0, c1, torch.linalg.cross(c0, c1, dim=-1)], -1)
 
 
-# %% ../nbs/00a_geometry.ipynb #5b7c04ef
+# %% ../nbs/00a_geometry.ipynb #f34ba656
 def look_at_point(R, t):
     "Least-squares meeting point of the optical axes of cameras `R` `[V, 3, 3]`, `t` `[V, 3]`; None if they do not meet"
     R, t = np.asarray(R, np.float64), np.asarray(t, np.float64)
@@ -319,7 +324,7 @@ def pose_features(R, t) -> np.ndarray:
     return np.concatenate([rotation_to_6d(R), d], 1).astype(np.float32)
 
 
-# %% ../nbs/00a_geometry.ipynb #091eaead
+# %% ../nbs/00a_geometry.ipynb #56c943c0
 def relative_pose_features(poses):
     "Pose features `[B, V, 9]` re-expressed in the axes of view 0, and view 0's world-to-camera rotation `[B, 3, 3]`"
     import torch
@@ -330,7 +335,7 @@ def relative_pose_features(poses):
     return torch.cat([rotation_to_6d(rel), d], -1), R0
 
 
-# %% ../nbs/00a_geometry.ipynb #39bb9cfc
+# %% ../nbs/00a_geometry.ipynb #9345e9a4
 VIEW_EXTENT = math.sqrt(3) / 2      # half-side of the view-aligned cube: holds [-0.5, 0.5]^3 in any rotation
 
 def rotate_grid(grid, R, extent=0.5) -> np.ndarray:
@@ -352,7 +357,7 @@ def view0_cameras(R, t):
     return R @ R[:, :1].transpose(-1, -2), t
 
 
-# %% ../nbs/00a_geometry.ipynb #6a96173b
+# %% ../nbs/00a_geometry.ipynb #66d7f0d3
 def view_to_world(view_grid, R0, extent=VIEW_EXTENT):
     "Grids `[B, D, D, D]` in view-0 axes covering `[-extent, extent]^3`, resampled onto the world cube `[-0.5, 0.5]^3`"
     import torch, torch.nn.functional as F
@@ -363,7 +368,7 @@ def view_to_world(view_grid, R0, extent=VIEW_EXTENT):
     return F.grid_sample(view_grid[:, None], view.flip(-1), mode='bilinear', padding_mode='border', align_corners=False)[:, 0]
 
 
-# %% ../nbs/00a_geometry.ipynb #088a831a
+# %% ../nbs/00a_geometry.ipynb #22af60fe
 def sample_surface(V, F, n, rng):
     "`n` points uniformly on the triangle mesh `V`, `F` by area: positions `[n, 3]` and their triangle indices `[n]`"
     a, b, c = V[F[:, 0]], V[F[:, 1]], V[F[:, 2]]

@@ -4,10 +4,9 @@
 
 # %% auto #0
 __all__ = ['CAMERA_KEYS', 'ViewEncoder', 'PoseEncoder', 'fuse', 'reparameterize', 'MultiViewEncoder', 'Generator',
-           'Discriminator', 'rotation_from_6d', 'relative_pose_features', 'view_to_world', 'pose_frame',
-           'decode_in_frame', 'silhouette_votes', 'OneDNNConv3d', 'HullRefiner', 'camera_votes', 'ring_cameras',
-           'refine_logits', 'VAEOutput', 'VAEGAN', 'model_inputs', 'build_model', 'param_counts', 'flops_per_sample',
-           'forward_time']
+           'Discriminator', 'pose_frame', 'decode_in_frame', 'OneDNNConv3d', 'HullRefiner', 'camera_votes',
+           'ring_cameras', 'refine_logits', 'VAEOutput', 'VAEGAN', 'model_inputs', 'build_model', 'param_counts',
+           'flops_per_sample', 'forward_time']
 
 # %% ../nbs/06_model.ipynb #e8d6cb3c
 import math, time
@@ -21,7 +20,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import Config, ConfigError
-from .data import VIEW_EXTENT
+from .geometry import VIEW_EXTENT, look_at, relative_pose_features, silhouette_votes, view0_cameras, view_to_world
+from .geometry import rotation_from_6d as rotation_from_6d     # re-exported from its old module
 
 # %% ../nbs/06_model.ipynb #0ddde56e
 def _norm2d(c, norm):
@@ -168,30 +168,6 @@ class Discriminator(nn.Module):
         return self.net(vox.unsqueeze(1) * 2 - 1).flatten()
 
 # %% ../nbs/06_model.ipynb #89bd5690
-def rotation_from_6d(r6):
-    "Rotations `[..., 3, 3]` whose first two columns are the Gram-Schmidt orthonormalised halves of `r6` `[..., 6]`"
-    a, b = r6[..., :3], r6[..., 3:6]
-    c0 = F.normalize(a, dim=-1)
-    c1 = F.normalize(b - (c0 * b).sum(-1, keepdim=True) * c0, dim=-1)
-    return torch.stack([c0, c1, torch.linalg.cross(c0, c1, dim=-1)], -1)
-
-def relative_pose_features(poses):
-    "Pose features `[B, V, 9]` re-expressed in the axes of view 0, and view 0's world-to-camera rotation `[B, 3, 3]`"
-    R = rotation_from_6d(poses[..., :6])
-    R0 = R[:, 0]
-    rel = R @ R0.transpose(-1, -2).unsqueeze(1)
-    d = torch.einsum('bij,bvj->bvi', R0, poses[..., 6:9])
-    return torch.cat([rel[..., :, :2].transpose(-1, -2).flatten(-2), d], -1), R0
-
-def view_to_world(view_grid, R0, extent=VIEW_EXTENT):
-    "Grids `[B, D, D, D]` in view-0 axes covering `[-extent, extent]^3`, resampled onto the world cube `[-0.5, 0.5]^3`"
-    D = view_grid.shape[-1]
-    c = (torch.arange(D, device=view_grid.device, dtype=view_grid.dtype) + 0.5) / D - 0.5
-    world = torch.stack(torch.meshgrid(c, c, c, indexing='ij'), -1)              # world cell centres [D, D, D, 3]
-    view = torch.einsum('bij,xyzj->bxyzi', R0.to(view_grid.dtype), world) / extent   # in view axes, in [-1, 1]
-    # grid_sample indexes its last three input dims (x, y, z) as (D, H, W) and wants coordinates as (W, H, D)
-    return F.grid_sample(view_grid[:, None], view.flip(-1), mode='bilinear', padding_mode='border', align_corners=False)[:, 0]
-
 def pose_frame(poses, use_pose=True, voxel_frame='world'):
     "`(poses for the encoder, rotation from the generator's frame to the target's or None)`"
     if not use_pose or poses is None: return None, None
@@ -205,32 +181,6 @@ def decode_in_frame(generator, z, R0=None):
 
 # %% ../nbs/06_model.ipynb #aacca091
 CAMERA_KEYS = ('masks', 'K', 'R', 't')
-
-def _view0_cameras(R, t):
-    "Cameras `R`, `t` `[B, V, ...]` re-expressed in the axes of view 0 (idempotent)"
-    return R @ R[:, :1].transpose(-1, -2), t
-
-def silhouette_votes(masks, K, R, t, cube_len=32, extent=0.5, dilate=1):
-    "Silhouette evidence `[B, 2, D, D, D]` over the cube `[-extent, extent]^3`: minimum over views of the mask (dilated by `dilate` px) where each cell centre projects, and mean over views"
-    if masks.ndim == 5: masks = masks[:, :, 0]
-    B, V, H, W = masks.shape
-    if K.shape != (B, V, 3, 3) or R.shape != (B, V, 3, 3) or t.shape != (B, V, 3):
-        raise ValueError(f"cameras must be K, R [B, V, 3, 3] and t [B, V, 3] for masks [B, V, H, W] = {[B, V, H, W]}; "
-                         f"got K {list(K.shape)}, R {list(R.shape)}, t {list(t.shape)}")
-    m = masks.reshape(B * V, 1, H, W).float()
-    md = F.max_pool2d(m, 2 * dilate + 1, 1, dilate) if dilate else m
-    D = int(cube_len)
-    c = ((torch.arange(D, device=m.device, dtype=torch.float32) + 0.5) / D - 0.5) * 2 * extent
-    pts = torch.stack(torch.meshgrid(c, c, c, indexing='ij'), -1).reshape(-1, 3)      # cell centres [D^3, 3], x slowest
-    Kf, Rf, tf = (a.reshape(B * V, *a.shape[2:]).float() for a in (K, R, t))
-    pix = torch.einsum('nij,npj->npi', Kf, torch.einsum('nij,pj->npi', Rf, pts) + tf[:, None])
-    z = pix[..., 2:]
-    uv = pix[..., :2] / z.clamp_min(1e-6)
-    g = uv / uv.new_tensor([W, H]) * 2 - 1                                             # image edges at -1 and 1
-    g = torch.where(z > 1e-6, g, torch.full_like(g, -2.))                               # behind the camera: outside
-    s = F.grid_sample(torch.cat([md, m], 1), g[:, None], mode='bilinear', padding_mode='zeros', align_corners=False)
-    s = s[:, :, 0].reshape(B, V, 2, D, D, D)
-    return torch.stack([s[:, :, 0].amin(1), s[:, :, 1].mean(1)], 1)
 
 class OneDNNConv3d(nn.Conv3d):
     "`nn.Conv3d` that always runs oneDNN's kernel on a CPU (same weights, same results, autograd included)"
@@ -272,13 +222,12 @@ def camera_votes(cameras, cfg: Config):
     missing = [k for k in CAMERA_KEYS if k not in cameras]
     if missing: raise ValueError(f"cameras need {', '.join(CAMERA_KEYS)} (as MultiViewDataset gives them); missing {', '.join(missing)}")
     R, t = cameras['R'], cameras['t']
-    if cfg.voxel_frame == 'view': R, t = _view0_cameras(R, t)
+    if cfg.voxel_frame == 'view': R, t = view0_cameras(R, t)
     extent = VIEW_EXTENT if cfg.voxel_frame == 'view' else 0.5
     return silhouette_votes(cameras['masks'], cameras['K'], R, t, cfg.cube_len, extent)
 
 def ring_cameras(V=6, S=64, radius=0.3, elevation=0.5):
     "Masks `[1, V, 1, S, S]` of a ball of `radius` and the cameras of `V` views around it, batched as `MultiViewDataset` gives them"
-    from sparse3d.co3d import look_at
     cams = [look_at([2 * math.cos(a), elevation, 2 * math.sin(a)], [0, 0, 0], image_size=(S, S))
             for a in np.linspace(0, 2 * np.pi, V, endpoint=False)]
     K, R, t = (torch.tensor(np.stack([getattr(c, k) for c in cams]), dtype=torch.float32)[None] for k in ('K', 'R', 't'))

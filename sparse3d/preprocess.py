@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['MIN_MASK_PIXELS', 'PREPROCESS_VERSION', 'SPLITS', 'inlier_mask', 'normalization_from_points', 'normalize_points',
-           'points_to_grid', 'fill_solid', 'ply2voxel', 'normalized_camera', 'crop_camera', 'frame_pose', 'mask_box',
-           'crop_resize', 'PreprocessSettings', 'seq_dirs', 'preprocess_sequence', 'load_sequence_meta', 'is_done',
-           'clean_partial', 'preprocess_category', 'seeded_split', 'set_list_split', 'pack_split', 'split_and_pack',
-           'ply2voxel_cli', 'extract_poses_cli', 'preprocess_sequence_cli', 'preprocess_cli', 'split_cli']
+           'points_to_grid', 'fill_solid', 'ply2voxel', 'crop_camera', 'frame_pose', 'mask_box', 'crop_resize',
+           'PreprocessSettings', 'seq_dirs', 'preprocess_sequence', 'load_sequence_meta', 'is_done', 'clean_partial',
+           'preprocess_category', 'seeded_split', 'set_list_split', 'pack_split', 'split_and_pack', 'ply2voxel_cli',
+           'extract_poses_cli', 'preprocess_sequence_cli', 'preprocess_cli', 'split_cli']
 
 # %% ../nbs/04_preprocess.ipynb #64248eea
 import errno, json, math, os, shutil, sys, time, traceback, uuid
@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 import sparse3d
 from .config import Config, ConfigError, DataError, OutputError, Sparse3DError, atomic_write, check_value, refused_write
 from .binvox import write_binvox, read_binvox
-from .co3d import (Camera, Co3dCategory, camera_to_viewpoint, is_blank, list_categories, load_pointcloud,
+from .co3d import (Co3dCategory, camera_to_viewpoint, is_blank, list_categories, load_pointcloud,
                            load_set_list, load_subsets, save_depth, save_depth_mask, save_image, save_json, save_mask)
+from .geometry import Camera
 
 # %% ../nbs/04_preprocess.ipynb #47a231f9
 def inlier_mask(xyz, outlier_std=3.0, neighbours=20) -> np.ndarray:
@@ -79,22 +80,15 @@ def ply2voxel(xyz, cube_len=32, fill='solid', outlier_std=3.0):
     return (fill_solid(grid) if fill == 'solid' else grid), norm
 
 # %% ../nbs/04_preprocess.ipynb #9e3b5adc
-def normalized_camera(cam: Camera, norm) -> Camera:
-    "`cam` seeing the normalised frame of `norm` (`x_norm = (x_world - center) / scale`)"
-    return Camera(cam.K, cam.R, (cam.R @ np.asarray(norm['center']) + cam.t) / norm['scale'], cam.image_size)
-
 def crop_camera(cam: Camera, box, size) -> Camera:
     "`cam` after cropping the square `box = (x0, y0, side)` and resizing it to `size` x `size`"
-    x0, y0, side = box
-    s = size / side
-    K = np.diag([s, s, 1.0]) @ (np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]]) @ cam.K)
-    return Camera(K, cam.R, cam.t, (size, size))
+    return cam.crop(box).resize(size)
 
 # %% ../nbs/04_preprocess.ipynb #29ea4448
 def frame_pose(f, norm, box=None, size=None) -> dict:
     "Pose record of frame annotation `f`: CO3D `{R, T, ...}`, `opencv` `{K, R, t}` (after the crop `box` to `size`), `normalized`"
-    cam = f.camera if box is None else crop_camera(f.camera, box, size)
-    ncam = normalized_camera(cam, norm)
+    cam = f.camera if box is None else f.camera.crop(box).resize(size)
+    ncam = cam.normalize(norm['center'], norm['scale'])
     as_dict = lambda c: dict(K=c.K.tolist(), R=c.R.tolist(), t=c.t.tolist(), image_size=list(c.image_size))
     return dict(R=f.viewpoint['R'], T=f.viewpoint['T'], focal_length=f.viewpoint['focal_length'],
                 principal_point=f.viewpoint['principal_point'], intrinsics_format=f.viewpoint['intrinsics_format'],

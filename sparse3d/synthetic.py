@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['FAMILIES', 'SUBSETS', 'rot_x', 'rot_z', 'Parts', 'closed_parts', 'palette', 'make_chair', 'orbit_cameras',
-           'ChairScene', 'Similarity', 'random_similarity', 'similarity_camera', 'sample_surface',
-           'visible_surface_points', 'SyntheticSequence', 'plan_sequence', 'render_sequence', 'write_sequence',
-           'split_positions', 'check_synth_args', 'render_dataset', 'synth_cli']
+           'ChairScene', 'random_similarity', 'similarity_camera', 'visible_surface_points', 'SyntheticSequence',
+           'plan_sequence', 'render_sequence', 'write_sequence', 'split_positions', 'check_synth_args',
+           'render_dataset', 'synth_cli']
 
 # %% ../nbs/03_synthetic.ipynb #5dbd54ba
 import colorsys, importlib, math, multiprocessing, os, re, shutil, sys, time, warnings
@@ -20,9 +20,9 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from .config import ConfigError, check_value
-from .co3d import (Camera, FrameAnnotation, SequenceAnnotation, camera_to_viewpoint, frame_to_dict, look_at,
-                           load_json, load_mask, load_pointcloud, save_depth, save_depth_mask, save_image, save_json, save_mask,
+from .co3d import (FrameAnnotation, SequenceAnnotation, camera_to_viewpoint, frame_to_dict, load_json, load_mask, load_pointcloud, save_depth, save_depth_mask, save_image, save_json, save_mask,
                            save_pointcloud, sequence_to_dict)
+from .geometry import Camera, Similarity, look_at, sample_surface
 
 # %% ../nbs/03_synthetic.ipynb #7856b609
 _UNIT = {}
@@ -452,7 +452,7 @@ class ChairScene:
     def _rays(self, cam, dx=0.0, dy=0.0):
         "`[H * W, 6]` rays (origin, direction with camera-z component 1) through pixel centres shifted by `(dx, dy)` pixels"
         H, W = cam.image_size
-        K = cam.K.copy(); K[0, 2] -= dx; K[1, 2] -= dy
+        K = cam.shift_principal_point(-dx, -dy).K         # the image moves by -d: rays through centre + d
         return o3d.t.geometry.RaycastingScene.create_rays_pinhole(
             o3d.core.Tensor(K), o3d.core.Tensor(cam.world_to_camera), W, H).numpy().reshape(-1, 6)
 
@@ -501,35 +501,16 @@ class ChairScene:
         return rgb, coverage, np.where(coverage >= 0.5, depth, 0).astype(np.float32)
 
 # %% ../nbs/03_synthetic.ipynb #a9b5722f
-@dataclass
-class Similarity:
-    "A similarity transform `x -> scale * rotation @ x + translation`"
-    scale: float
-    rotation: np.ndarray
-    translation: np.ndarray
-
-    def points(self, x): return self.scale * np.asarray(x) @ self.rotation.T + self.translation
-    def vectors(self, n): return np.asarray(n) @ self.rotation.T
-
 def random_similarity(rng) -> Similarity:
     "A random world frame: uniform rotation, translation ~ N(0, 1.5), scale log-uniform in [0.5, 4]"
     R = Rotation.random(random_state=rng).as_matrix()
     return Similarity(float(np.exp(rng.uniform(np.log(0.5), np.log(4)))), R, rng.normal(0, 1.5, 3))
 
 def similarity_camera(cam: Camera, sim: Similarity) -> Camera:
-    "`cam` (in the frame before `sim`) expressed in the frame after `sim`; depths scale by `sim.scale`"
-    R = cam.R @ sim.rotation.T
-    return Camera(cam.K, R, sim.scale * cam.t - R @ sim.translation, cam.image_size)
+    "`cam` (in the frame before `sim`) expressed in the frame after `sim` (the old name of `cam.transform(sim)`)"
+    return cam.transform(sim)
 
 # %% ../nbs/03_synthetic.ipynb #01730561
-def sample_surface(V, F, n, rng):
-    "`n` points uniformly on the triangle mesh `V`, `F` by area: positions `[n, 3]` and their triangle indices `[n]`"
-    a, b, c = V[F[:, 0]], V[F[:, 1]], V[F[:, 2]]
-    area = np.linalg.norm(np.cross(b - a, c - a), axis=1)
-    tri = rng.choice(len(F), size=n, p=area / area.sum())
-    r1, r2 = np.sqrt(rng.random(n))[:, None], rng.random(n)[:, None]
-    return (1 - r1) * a[tri] + r1 * (1 - r2) * b[tri] + r1 * r2 * c[tri], tri
-
 def visible_surface_points(scene: ChairScene, cams, depths, rng, n=20000):
     "`(xyz, normals, rgb)` of surface points of `scene`'s chair seen by at least one of `cams` (with rendered `depths`); rgb uint8"
     xyz, tri = sample_surface(scene.V, scene.F, n, rng)
@@ -566,7 +547,7 @@ class SyntheticSequence:
     @property
     def world_cameras(self) -> list:
         "The cameras in the sequence's world frame, as written to the annotations"
-        return [similarity_camera(c, self.world) for c in self.cameras]
+        return [c.transform(self.world) for c in self.cameras]
 
 def plan_sequence(seed: int, index: int, n_frames: int = 24, image_size: int = 128) -> SyntheticSequence:
     "The synthetic sequence `index` of the dataset made with `seed`: name, chair, scene, cameras, world frame"
