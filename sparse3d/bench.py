@@ -25,6 +25,7 @@ from fastcore.script import call_parse, store_true
 
 import sparse3d
 from .config import ConfigError, DataError, Sparse3DError, atomic_write, load_config
+from .geometry import cell_centers
 from .data import MultiViewDataset, make_loader, packed_dir, pose_features, POSE_DIM
 from .model import VAEGAN, ring_cameras, forward_time, flops_per_sample
 from .preprocess import PreprocessSettings, preprocess_category, split_and_pack
@@ -170,7 +171,7 @@ def run_child(name, threads=None, timeout=3600, **kwargs) -> dict:
 # %% ../nbs/11_benchmarks.ipynb #4346e738
 def ball_grid(cube_len=32, radius=0.3, extent=0.5) -> torch.Tensor:
     "Occupancy `[D, D, D]` of a ball of `radius` at the centre of the cube `[-extent, extent]^3`"
-    c = (torch.arange(cube_len, dtype=torch.float64) + 0.5) / cube_len * 2 * extent - extent
+    c = cell_centers(cube_len, extent, dtype=torch.float64)
     return ((c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2) <= radius ** 2).float()
 
 def reference_batch(batch_size=8, num_views=4, image_size=128, cube_len=32, seed=0) -> dict:
