@@ -33,7 +33,8 @@ from .metrics import _check_extent, _check_threshold, _one_grid      # the check
 from .baselines import METHODS, MeanShape, evaluate_baselines, mean_shape
 from .photos import IMAGE_SUFFIXES, _image_files, find_photos, photo_sample
 from .report import REPORT_NAME, SNAPSHOT_NAME, results_table, write_report, write_snapshot
-from .report import examples_figure, fig_to_uri, first_rotation, pick_examples, picture_grids, plot_photo_views
+from .report import examples_figure, fig_to_uri, first_rotation, iou_figure, pick_examples, picture_grids
+from .report import plot_photo_views
 
 # %% ../nbs/09e_evaluate.ipynb #85bcffc8
 def load_trained(model_path, device='cpu', use_pose=None) -> tuple:
@@ -257,12 +258,9 @@ def _main_views(views, num_views, cfg) -> int:
 # %% ../nbs/09e_evaluate.ipynb #3de3dc79
 def _processed_figures(req: EvalRequest, ds, rows, probs, means, views, main) -> tuple:
     "The figures of a processed run (data URIs) and the object of its 3D view, whose snapshot is written"
-    from sparse3d.viz import plot_iou_vs_views
     model_rows = [r for r in rows if r['method'] == 'model' and r['num_views'] == main]
     picks = pick_examples([(ds.names.index(r['id']), r['iou']) for r in model_rows], req.n_figures)
-    curves = {METHODS[m]: {v: means[m][v]['iou'] for v in views} for m in means}
-    figures = dict(iou=fig_to_uri(plot_iou_vs_views(curves), dpi=110),
-                   examples=examples_figure(ds, picks, probs, req.threshold))
+    figures = dict(iou=iou_figure(means, views), examples=examples_figure(ds, picks, probs, req.threshold))
     label, i = next((p for p in picks if p[0] == 'median'), picks[0])
     s = ds[i]
     gt_pic, pred_pic = picture_grids([s['voxels'].numpy(), probs[i]], first_rotation(ds, s), [0.5, req.threshold])
