@@ -44,7 +44,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope='module')
 def photos(world):
     "Four 200x150 photos of a synthetic chair (IMG_0003 as a PNG), masks and poses; and the same without poses/"
-    from sparse3d.evaluate import write_photo_folder
+    from sparse3d.testing import write_photo_folder
     from PIL import Image
     posed = write_photo_folder(world/'my_chair', n_views=4, image_size=(150, 200), seed=3)
     Image.open(posed/'IMG_0003.jpg').save(posed/'IMG_0003.png')

@@ -319,7 +319,8 @@ def evaluate_in_process(ckpt, proc, out):
     ds = MultiViewDataset(proc, 'test', num_views=cfg.num_views, train=False, seed=cfg.seed)
     b = default_collate([ds[0]])
     with torch.inference_mode(): prob = torch.sigmoid(model(**model_inputs(b, cfg)).logits)
-    return ev.evaluate_batch(prob, b['voxels'], threshold=0.5)
+    from sparse3d.metrics import evaluate_batch
+    return evaluate_batch(prob, b['voxels'], threshold=0.5)
 
 
 def test_pipeline_in_process_without_network(faults_data, tmp_path, no_network, fault):

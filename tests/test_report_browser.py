@@ -4,7 +4,8 @@ Headless Chromium (Debian's /usr/bin/chromium, software WebGL through SwiftShade
 the report with every web request blocked. The page must load without a console error or a failed request, show
 its results table (or, for photos, its predictions table) and its figures, and its <iframe> must draw the k3d
 snapshot of a prediction: a screenshot of the frame must be mostly not background. A report whose 3D view needs
-a CDN, or whose frame stays blank, fails here, not on a user's machine.
+a CDN, or whose frame stays blank, fails here, not on a user's machine. On a phone's width (390 px) the page must
+not be wider than the screen: its tables scroll inside it and long paths wrap.
 """
 import re, subprocess, sys, os
 from pathlib import Path
@@ -27,7 +28,7 @@ def reports(tmp_path_factory):
     from sparse3d.preprocess import PreprocessSettings, preprocess_category, split_and_pack
     from sparse3d.config import load_config
     from sparse3d.train import fit
-    from sparse3d.evaluate import write_photo_folder
+    from sparse3d.testing import write_photo_folder
     d = tmp_path_factory.mktemp('report')
     render_dataset(d/'co3d', n_sequences=6, n_frames=4, image_size=64, seed=2, workers=1, progress=False)
     preprocess_category(d/'co3d', d/'proc', 'chair', PreprocessSettings(image_size=64, cube_len=32), workers=1, progress=False)
@@ -61,7 +62,7 @@ def test_report_in_chromium(reports, kind, tmp_path):
     def block(route):
         requests.append(route.request.url)
         route.abort()
-    shot, frame_shot, share = tmp_path/'report.png', tmp_path/'frame.png', 0.0
+    shot, frame_shot, share, phone = tmp_path/'report.png', tmp_path/'frame.png', 0.0, [0, 0]
     with sync_api.sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(str(tmp_path/'profile'), executable_path=str(CHROMIUM), headless=True,
                                                    args=ARGS, viewport=dict(width=1200, height=900))
@@ -99,8 +100,12 @@ def test_report_in_chromium(reports, kind, tmp_path):
                 if share > 0.03: break
                 page.wait_for_timeout(250)
             page.screenshot(path=str(shot), full_page=True)
+            page.set_viewport_size(dict(width=390, height=844))                # a phone held upright
+            page.wait_for_timeout(200)
+            phone = page.evaluate('() => [document.documentElement.scrollWidth, window.innerWidth]')
         finally:
             ctx.close()
     assert not errors, f'errors in the report: {errors}'
     assert not requests, f'the report asked the web for {requests}'
     assert share > 0.03, f'the 3D view is blank: only {share:.2%} of the frame is not background ({frame_shot})'
+    assert phone[0] <= phone[1], f'on a {phone[1]} px wide phone the page is {phone[0]} px wide: it scrolls sideways'
