@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['INTRINSICS_FORMATS', 'save_jgz', 'viewpoint_to_camera', 'camera_to_viewpoint', 'FrameAnnotation',
-           'SequenceAnnotation', 'frame_from_dict', 'sequence_from_dict', 'frame_to_dict', 'sequence_to_dict',
-           'load_json', 'save_json', 'load_frame_annotations', 'load_sequence_annotations', 'resolve_in_root',
-           'load_image', 'load_mask', 'load_depth', 'load_depth_mask', 'is_blank', 'save_image', 'save_mask',
-           'save_depth_mask', 'save_depth', 'load_pointcloud', 'save_pointcloud', 'list_categories', 'load_subsets',
-           'load_set_list', 'Co3dSequence', 'Co3dCategory']
+           'SequenceAnnotation', 'checked_viewpoint', 'frame_from_dict', 'sequence_from_dict', 'frame_to_dict',
+           'sequence_to_dict', 'load_json', 'save_json', 'load_frame_annotations', 'load_sequence_annotations',
+           'resolve_in_root', 'load_image', 'load_mask', 'load_depth', 'load_depth_mask', 'is_blank', 'save_image',
+           'save_mask', 'save_depth_mask', 'save_depth', 'load_pointcloud', 'save_pointcloud', 'list_categories',
+           'load_subsets', 'load_set_list', 'Co3dSequence', 'Co3dCategory']
 
 # %% ../nbs/02_co3d.ipynb #5fa2f48e
 import gzip, json, math, os, stat, zlib
@@ -114,8 +114,8 @@ def _matrix(v, shape, name, where):
                         f"got {str(v)[:60]}.")
     return a
 
-def _viewpoint(d, where):
-    "A checked copy of the viewpoint of frame annotation `d`"
+def checked_viewpoint(d, where):
+    "A checked copy of the viewpoint of frame annotation `d` (a dict with a `viewpoint`); `where` names it in errors"
     vp = _get(d, ['viewpoint'], dict, where)
     fmt = vp.get('intrinsics_format') or 'ndc_norm_image_bounds'
     if fmt not in INTRINSICS_FORMATS:
@@ -145,7 +145,7 @@ def frame_from_dict(d, where='frame annotation') -> FrameAnnotation:
         raise DataError(f"{where}: 'depth.scale_adjustment' must be positive, got {scale}.")
     return FrameAnnotation(
         sequence_name=_get(d, ['sequence_name'], str, where), frame_number=_get(d, ['frame_number'], int, where),
-        image_path=_get(d, ['image', 'path'], str, where), image_size=tuple(size), viewpoint=_viewpoint(d, where),
+        image_path=_get(d, ['image', 'path'], str, where), image_size=tuple(size), viewpoint=checked_viewpoint(d, where),
         mask_path=_get(d, ['mask', 'path'], str, where, False), mask_mass=num(['mask', 'mass']),
         depth_path=depth_path, depth_scale_adjustment=float(scale) if scale and scale > 0 else 1.0,
         depth_mask_path=_get(d, ['depth', 'mask_path'], str, where, False), frame_timestamp=num(['frame_timestamp']))

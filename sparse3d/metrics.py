@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 
 from .config import ConfigError, DataError
-from .synthetic import sample_surface   # until sparse3d.geometry has it: the one import of the generator
+from .geometry import sample_surface
 
 # %% ../nbs/09a_metrics.ipynb #3180d331
 def _shape(x) -> list: return list(x.shape) if hasattr(x, 'shape') else list(np.shape(x))

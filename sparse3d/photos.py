@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from .config import DataError
-from .co3d import _viewpoint, load_image, load_json, load_mask, viewpoint_to_camera
-from .data import pose_features
-from .preprocess import MIN_MASK_PIXELS, crop_camera, crop_resize, mask_box
+from .co3d import checked_viewpoint, load_image, load_json, load_mask, viewpoint_to_camera
+from .geometry import pose_features
+from .preprocess import MIN_MASK_PIXELS, crop_resize, mask_box
 
 # %% ../nbs/09c_photos.ipynb #7a0609ff
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
@@ -66,7 +66,7 @@ def photo_camera(path, image_size) -> tuple:
     has_k = d.get('focal_length') is not None
     vp = {**d, 'focal_length': d.get('focal_length') if has_k else [1.0, 1.0],
           'principal_point': d.get('principal_point') or [0.0, 0.0]}
-    return viewpoint_to_camera(_viewpoint(dict(viewpoint=vp), str(path)), image_size), has_k
+    return viewpoint_to_camera(checked_viewpoint(dict(viewpoint=vp), str(path)), image_size), has_k
 
 def _upright(path):
     "The photo at `path` turned as its EXIF orientation tag says, or None when it has none"
@@ -97,7 +97,7 @@ def load_photo(photo: Photo, image_size=224, crop_margin=0.1, apply_mask=True) -
                intrinsics=False)
     if photo.pose is not None:
         cam, has_k = photo_camera(photo.pose, img.shape[:2])
-        out.update(camera=crop_camera(cam, box, S), intrinsics=has_k)
+        out.update(camera=cam.crop(box).resize(S), intrinsics=has_k)
     return out
 
 def photo_sample(photos, image_size=224, crop_margin=0.1, apply_mask=True, poses=False) -> dict:

@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['MIN_MASK_PIXELS', 'PREPROCESS_VERSION', 'SPLITS', 'inlier_mask', 'normalization_from_points', 'normalize_points',
-           'points_to_grid', 'fill_solid', 'ply2voxel', 'crop_camera', 'frame_pose', 'mask_box', 'crop_resize',
-           'PreprocessSettings', 'seq_dirs', 'preprocess_sequence', 'load_sequence_meta', 'is_done', 'clean_partial',
-           'preprocess_category', 'seeded_split', 'set_list_split', 'pack_split', 'split_and_pack', 'ply2voxel_cli',
-           'extract_poses_cli', 'preprocess_sequence_cli', 'preprocess_cli', 'split_cli']
+           'points_to_grid', 'fill_solid', 'ply2voxel', 'frame_pose', 'mask_box', 'crop_resize', 'PreprocessSettings',
+           'seq_dirs', 'preprocess_sequence', 'load_sequence_meta', 'is_done', 'clean_partial', 'preprocess_category',
+           'seeded_split', 'set_list_split', 'pack_split', 'split_and_pack', 'ply2voxel_cli', 'extract_poses_cli',
+           'preprocess_sequence_cli', 'preprocess_cli', 'split_cli']
 
 # %% ../nbs/04_preprocess.ipynb #64248eea
 import errno, json, math, os, shutil, sys, time, traceback, uuid
@@ -80,11 +80,6 @@ def ply2voxel(xyz, cube_len=32, fill='solid', outlier_std=3.0):
     grid = points_to_grid(normalize_points(xyz[keep], norm), cube_len)
     norm.update(n_points=int(len(xyz)), n_inliers=int(keep.sum()))
     return (fill_solid(grid) if fill == 'solid' else grid), norm
-
-# %% ../nbs/04_preprocess.ipynb #9e3b5adc
-def crop_camera(cam: Camera, box, size) -> Camera:
-    "`cam` after cropping the square `box = (x0, y0, side)` and resizing it to `size` x `size`"
-    return cam.crop(box).resize(size)
 
 # %% ../nbs/04_preprocess.ipynb #29ea4448
 def frame_pose(f, norm, box=None, size=None) -> dict:

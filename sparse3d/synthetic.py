@@ -4,9 +4,8 @@
 
 # %% auto #0
 __all__ = ['FAMILIES', 'SUBSETS', 'rot_x', 'rot_z', 'Parts', 'closed_parts', 'palette', 'make_chair', 'orbit_cameras',
-           'ChairScene', 'random_similarity', 'similarity_camera', 'visible_surface_points', 'SyntheticSequence',
-           'plan_sequence', 'render_sequence', 'write_sequence', 'split_positions', 'check_synth_args',
-           'render_dataset', 'synth_cli']
+           'ChairScene', 'random_similarity', 'visible_surface_points', 'SyntheticSequence', 'plan_sequence',
+           'render_sequence', 'write_sequence', 'split_positions', 'check_synth_args', 'render_dataset', 'synth_cli']
 
 # %% ../nbs/03_synthetic.ipynb #5dbd54ba
 import colorsys, importlib, math, multiprocessing, os, re, shutil, sys, time, warnings
@@ -540,10 +539,6 @@ def random_similarity(rng) -> Similarity:
     "A random world frame: uniform rotation, translation ~ N(0, 1.5), scale log-uniform in [0.5, 4]"
     R = Rotation.random(random_state=rng).as_matrix()
     return Similarity(float(np.exp(rng.uniform(np.log(0.5), np.log(4)))), R, rng.normal(0, 1.5, 3))
-
-def similarity_camera(cam: Camera, sim: Similarity) -> Camera:
-    "`cam` (in the frame before `sim`) expressed in the frame after `sim` (the old name of `cam.transform(sim)`)"
-    return cam.transform(sim)
 
 # %% ../nbs/03_synthetic.ipynb #01730561
 def visible_surface_points(scene: ChairScene, cams, depths, rng, n=20000):

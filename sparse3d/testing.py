@@ -13,7 +13,7 @@ import numpy as np
 
 from .co3d import Camera, camera_to_viewpoint, save_image, save_json, save_mask
 from .preprocess import PreprocessSettings, preprocess_category, split_and_pack
-from .synthetic import plan_sequence, render_dataset, similarity_camera
+from .synthetic import plan_sequence, render_dataset
 
 # %% ../nbs/99_testing.ipynb #e5443f16
 def ball(D, r, c=(0, 0, 0), extent=0.5):
@@ -53,7 +53,7 @@ def write_photo_folder(out, n_views=4, image_size=(150, 200), seed=0, index=0, p
         save_image(out/f'IMG_{k:04d}.jpg', rgb)
         save_mask(out/'masks'/f'IMG_{k:04d}.png', mask)
         if poses:
-            vp = camera_to_viewpoint(similarity_camera(cam, seq.world), 'ndc_isotropic')
+            vp = camera_to_viewpoint(cam.transform(seq.world), 'ndc_isotropic')
             save_json(out/'poses'/f'IMG_{k:04d}_pose.json', vp)
     return out
 

@@ -374,7 +374,7 @@ def _synthetic_sample(n_views=4, seed=0):
 
 def snapshot_chair_hull():
     "k3d plot: a synthetic chair's ground truth against its visual hull from 4 views"
-    from sparse3d.baselines import visual_hull
+    from sparse3d.geometry import visual_hull
     from sparse3d.viz import voxel_plot
     s = _synthetic_sample()
     hull = visual_hull(s['masks'], s['K'], s['R'], s['t'], s['voxels'].shape[0])
