@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .config import ConfigError, DataError
-from .preprocess import SPLITS
+from .preprocess import PACKED_SPLITS, SPLITS
 
 # %% ../nbs/05_data.ipynb #1ff8b26b
 POSE_DIM = 9
@@ -62,7 +62,7 @@ def to_view_frame(R, t, grid):
 def packed_dir(root, split, category='chair') -> Path:
     "Folder of the packed arrays of `split`, checked"
     base = Path(root)/category/'packed'
-    if split not in SPLITS: raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    if split not in PACKED_SPLITS: raise DataError(f"unknown split {split!r}; use one of {', '.join(PACKED_SPLITS)}.")
     d = base/split
     if not (d/'index.json').exists():
         have = sorted(p.name for p in base.glob('*') if (p/'index.json').exists()) if base.exists() else []
