@@ -485,6 +485,8 @@ def _grammar_proportions(rng, c) -> dict:
 def grammar_plan(rng, **fixed) -> dict:
     "A random chair structure: `components` (a type of each; those in `fixed` as given), `options`, `proportions`"
     check_components('grammar_plan', **fixed)
+    if not all(isinstance(v, str) for v in fixed.values()):
+        raise ConfigError(f"grammar_plan: give one type per component, got {fixed}.")
     c = {k: fixed[k] if k in fixed else str(v[rng.integers(len(v))]) for k, v in COMPONENTS.items()}
     return dict(components=c, options=_grammar_options(rng, c), proportions=_grammar_proportions(rng, c))
 
