@@ -981,8 +981,9 @@ class SyntheticSequence:
         "The cameras in the sequence's world frame, as written to the annotations"
         return [similarity_camera(c, self.world) for c in self.cameras]
 
-def plan_sequence(seed: int, index: int, n_frames: int = 24, image_size: int = 128, shapes: str = 'families') -> SyntheticSequence:
-    "The synthetic sequence `index` of the dataset made with `seed`: name, object of the `shapes` kind, scene, cameras, world frame"
+def plan_sequence(seed: int, index: int, n_frames: int = 24, image_size: int = 128,
+                  shapes: str = 'families') -> SyntheticSequence:
+    "Sequence `index` of the dataset made with `seed`: name, object of the `shapes` kind, scene, cameras, world frame"
     entropy = [int(seed), int(index)] + ([SHAPES.index(shapes)] if shapes in SHAPES[1:] else [])   # families: as before
     s_name, s_chair, s_scene, s_cams, s_world, s_render = np.random.SeedSequence(entropy).spawn(6)
     g = np.random.default_rng(s_name)
@@ -1067,7 +1068,7 @@ def _check_existing(seq, root, category, n_frames, image_size):
     return _annotations(seq, category, masses, len(load_pointcloud(folder/'pointcloud.ply')[0]))
 
 def _sequence_job(job):
-    "Worker: plan sequence `index`, write it unless already complete; `(category, index, split_key, frames, sequence record)`"
+    "Worker: plan sequence `index`, write it unless complete; `(category, index, split_key, frames, sequence record)`"
     root, category, seed, index, n_frames, image_size, shapes = job
     seq = plan_sequence(seed, index, n_frames, image_size, shapes)
     root = Path(root)
@@ -1138,7 +1139,8 @@ def _write_category(out, category, seed, results):
     strangers = sorted(p.name for p in cat.iterdir() if p.is_dir() and p.name not in {'set_lists', *names})
     if strangers:
         warnings.warn(f"{cat}: {len(strangers)} folders (e.g. {strangers[0]}) are not part of this dataset and not in "
-                      "its annotations (left by a run with other settings?). Delete them, or use a fresh --out.", stacklevel=3)
+                      "its annotations (left by a run with other settings?). Delete them, or use a fresh --out.",
+                      stacklevel=3)
     frames_by_seq = [r[3] for r in results]
     for subset, lists in _set_lists(frames_by_seq, [r[2] for r in results]).items():
         save_json(cat/'set_lists'/f'set_lists_{subset}.json', lists)
