@@ -15,13 +15,13 @@ from torch.utils.data import DataLoader, Dataset
 from .config import ConfigError, DataError
 from .geometry import POSE_DIM as POSE_DIM     # re-exported: `from sparse3d.data import POSE_DIM` keeps working
 from .geometry import VIEW_EXTENT, pose_features, to_view_frame
-from .preprocess import SPLITS
+from .preprocess import PACKED_SPLITS, SPLITS
 
 # %% ../nbs/05_data.ipynb #4c1c2ffd
 def packed_dir(root, split, category='chair') -> Path:
     "Folder of the packed arrays of `split`, checked"
     base = Path(root)/category/'packed'
-    if split not in SPLITS: raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    if split not in PACKED_SPLITS: raise DataError(f"unknown split {split!r}; use one of {', '.join(PACKED_SPLITS)}.")
     d = base/split
     if not (d/'index.json').exists():
         have = sorted(p.name for p in base.glob('*') if (p/'index.json').exists()) if base.exists() else []

@@ -1,7 +1,8 @@
 """`sparse3d_synth` end to end, as a user runs it: the console script in a fresh process.
 
-Checks the exact CO3D v2 layout, that the output is byte-identical for 1 and 2 worker processes, that
-the annotations read back with `sparse3d.co3d`, and that bad arguments fail cleanly (status 2, one
+Checks the exact CO3D v2 layout, that the output is byte-identical for 1 and 2 worker processes (for the
+six families, and for grammar chairs with misc objects), that the annotations record each shape's components
+and read back with `sparse3d.co3d`, and that bad arguments fail cleanly (status 2, one
 line naming the problem, no traceback, nothing written).
 """
 import subprocess, sys
@@ -72,6 +73,42 @@ def test_same_bytes_for_1_and_2_workers(roots):
     assert [k for k in a if a[k] != b[k]] == []
 
 
+@pytest.fixture(scope='module')
+def grammar_roots(tmp_path_factory):
+    "Grammar chairs and misc objects, rendered with 1 and with 2 workers"
+    out = {}
+    for w in (1, 2):
+        root = tmp_path_factory.mktemp(f'g{w}')/'synth'
+        r = synth('--out', root, '--sequences', N, '--frames', F, '--image_size', S, '--seed', 7, '--workers', w,
+                  '--shapes', 'grammar', '--misc', 2)
+        assert r.returncode == 0, r.stderr
+        assert 'and 2 misc objects' in r.stdout
+        out[w] = root
+    return out
+
+
+def test_grammar_same_bytes_for_1_and_2_workers(grammar_roots):
+    a, b = tree(grammar_roots[1]), tree(grammar_roots[2])
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+
+
+def test_grammar_records_components(grammar_roots, roots):
+    from sparse3d.synthetic import COMPONENTS, MISC_OBJECTS
+    assert load_subsets(grammar_roots[1]) == {c: ['fewview_dev', 'manyview_dev_0'] for c in ('chair', 'misc')}
+    chairs, misc = Co3dCategory(grammar_roots[1], 'chair'), Co3dCategory(grammar_roots[1], 'misc')
+    assert (len(chairs), len(misc)) == (N, 2)
+    for s in chairs.sequences.values():
+        meta = s.annotation.meta
+        assert meta['shapes'] == 'grammar' and meta['components'].keys() == COMPONENTS.keys(), meta
+        assert all(meta['components'][k] in COMPONENTS[k] for k in COMPONENTS), meta
+    for s in misc.sequences.values():
+        assert s.annotation.meta['components']['object'] in MISC_OBJECTS, s.annotation.meta
+    families = Co3dCategory(roots[1], 'chair')
+    assert {s.annotation.meta['shapes'] for s in families.sequences.values()} == {'families'}
+    assert not set(families.sequences) & set(chairs.sequences)        # other objects, other names
+
+
 def test_point_cloud_projects_into_masks(roots):
     cat = Co3dCategory(roots[2], 'chair')
     inside = total = 0
@@ -93,6 +130,9 @@ def test_point_cloud_projects_into_masks(roots):
     (['--image_size', 16], 'a multiple of 16 from 32 to 512'),
     (['--seed', -1], "'seed' = -1 is out of range"),
     (['--category', '../x'], "--category '../x' must be a folder name"),
+    (['--shapes', 'blobs'], "--shapes 'blobs' is not a kind of chairs; use families or grammar"),
+    (['--misc', -2], '--misc must be an integer from 0 to 100000'),
+    (['--misc', 1, '--category', 'misc'], '--category misc is where --misc writes its objects'),
 ])
 def test_bad_arguments(tmp_path, args, message):
     r = synth('--out', tmp_path/'out', *args)
