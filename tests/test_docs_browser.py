@@ -11,13 +11,12 @@ shows. So:
 - with headless Chromium through Playwright (marked `browser`, in `make test-all`), against the site
   served by `python -m http.server` on a free loopback port: the home page and an API page render with
   no console errors and ask nothing from the web, search finds a function, the k3d snapshot embedded in
-  a tutorial draws voxels (pixels), and JupyterLab, started on loopback in a temporary folder, runs a
-  notebook cell whose live k3d widget draws (pixels).
+  a tutorial draws voxels (pixels). (JupyterLab, with its live k3d widgets, is tests/test_lab_browser.py.)
 
 Every server is started and stopped by its test, within a bounded time. Tests skip, saying why, when
 Playwright or Chromium is missing (`make setup` installs both: Playwright from PyPI, `chromium` with apt).
 """
-import contextlib, json, os, re, secrets, signal, socket, subprocess, sys, time, urllib.request
+import contextlib, json, os, re, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ PY = sys.executable
 # --- building ------------------------------------------------------------------------------------------------
 
 def build_site(tmp, *only):
-    "Build the home page and the notebooks `only` into `tmp/site`, as `make docs` does but in its own process; the summary"
+    "Build the home page and the notebooks `only` into `tmp/site`, as `make docs` does, in its own process; the summary"
     cmd = [PY, str(ROOT/'tools'/'build_docs.py'), '--out', str(tmp/'site'), '--stage', str(tmp/'stage'), '--quiet',
            '--summary', str(tmp/'summary.json'), '--only', *only]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -66,7 +65,7 @@ def test_page_names_follow_nbdev():
 
 
 def test_building_runs_no_example_code():
-    "For show_doc, a cell that mixes imports with other code runs only its imports: no training or rendering at build time"
+    "For show_doc, a cell mixing imports with other code runs only its imports: no training or rendering at build time"
     src = 'import numpy as np\nfrom pathlib import Path\nroot = render_dataset(Path("/tmp/x"), 200)\nfit(cfg)\n'
     assert build_docs._imports_only(src) == 'import numpy as np\nfrom pathlib import Path'
     assert build_docs._imports_only('fit(cfg)') is None
@@ -76,7 +75,8 @@ def test_building_runs_no_example_code():
 def test_small_site_html(small_site):
     "No browser: what the build writes (runs in `make test`)"
     site, info = small_site
-    reports = [f'{page}.html' for name, page in build_docs.REPORTS.items() if (ROOT/name).exists()]   # BENCHMARKS.md, FAULTS.md
+    # BENCHMARKS.md, FAULTS.md
+    reports = [f'{page}.html' for name, page in build_docs.REPORTS.items() if (ROOT/name).exists()]
     assert sorted(info['pages']) == sorted(['config.html', 'index.html', *reports]), info['pages']
     assert not info['warnings'], info['warnings']
     config, home = (site/'config.html').read_text(encoding='utf-8'), (site/'index.html').read_text(encoding='utf-8')
@@ -163,12 +163,12 @@ def serve(folder):
 @pytest.fixture
 def browser(tmp_path):
     "A fresh headless Chromium (Playwright, Debian's binary); requests leaving loopback are refused and recorded"
-    sync_api = pytest.importorskip('playwright.sync_api', reason='Playwright is not installed (PyPI `playwright`; the browser is '
-                                   "Debian's /usr/bin/chromium, so no `playwright install` is needed)")
+    sync_api = pytest.importorskip('playwright.sync_api', reason='Playwright is not installed (PyPI `playwright`; the '
+                                   "browser is Debian's /usr/bin/chromium, so no `playwright install` is needed)")
     if not CHROMIUM.exists(): pytest.skip(f'no Chromium at {CHROMIUM} (apt-get install chromium)')
     with sync_api.sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp_path/'profile'), executable_path=str(CHROMIUM), headless=True,
-                                                   args=ARGS, viewport=dict(width=1280, height=900))
+        ctx = p.chromium.launch_persistent_context(str(tmp_path/'profile'), executable_path=str(CHROMIUM),
+                                                   headless=True, args=ARGS, viewport=dict(width=1280, height=900))
         ctx.outside = []
         def block(route):
             ctx.outside.append(route.request.url)
@@ -194,7 +194,7 @@ def drawn_share(png, background=255, tol=24) -> float:
 
 
 def poll_pixels(shoot, png, want=0.03, tries=60, pause=250, page=None):
-    "Screenshot with `shoot(path)` until more than `want` of it is drawn (SwiftShader can take a moment); the last share"
+    "Screenshot with `shoot(path)` until more than `want` of it is drawn (SwiftShader can be slow); the last share"
     share = 0.0
     for _ in range(tries):
         shoot(str(png))
@@ -261,72 +261,3 @@ def test_k3d_snapshot_in_tutorial_draws_voxels(site_with_snapshot, browser, tmp_
     assert share > 0.03, f'only {share:.2%} of the embedded snapshot is not background: no voxels drawn ({shot})'
     assert not errors, errors
     assert not browser.outside, browser.outside
-
-
-TINY_NOTEBOOK = {
-    'cells': [{'cell_type': 'code', 'execution_count': None, 'id': 'k3d-live', 'metadata': {}, 'outputs': [], 'source': [
-        'import numpy as np\n',
-        'from sparse3d.viz import show_voxels\n',
-        'g = np.zeros((16, 16, 16), np.float32)\n',
-        'g[3:13, 5:8, 3:13] = 1; g[3:5, :5, 3:5] = g[11:13, :5, 3:5] = g[3:5, :5, 11:13] = g[11:13, :5, 11:13] = 1\n',
-        'g[3:13, 8:15, 3:5] = 1\n',
-        'show_voxels(g, menu_visibility=False, axes_helper=0)']}],
-    'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}},
-    'nbformat': 4, 'nbformat_minor': 5}
-
-
-def dismiss_dialogs(page, seconds=6):
-    "Dismiss (never accept: 'Build' would rebuild JupyterLab) the dialogs JupyterLab may open at start; their texts"
-    seen, t0 = [], time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        d = page.locator('.jp-Dialog')
-        if d.count():
-            seen.append(d.first.inner_text()[:200])
-            reject = d.first.locator('.jp-Dialog-button.jp-mod-reject')
-            if reject.count(): reject.first.click()
-            else: page.keyboard.press('Escape')
-        page.wait_for_timeout(400)
-    return seen
-
-
-@pytest.mark.browser
-@pytest.mark.timeout(420)
-def test_jupyterlab_live_k3d_widget_draws(browser, tmp_path):
-    "JupyterLab on loopback runs a cell whose live k3d widget (show_voxels) draws voxels"
-    jupyter = Path(PY).parent/'jupyter'
-    if not jupyter.exists(): pytest.skip(f'no {jupyter} (pip install jupyterlab)')
-    work = tmp_path/'lab'
-    work.mkdir()
-    (work/'tiny.ipynb').write_text(json.dumps(TINY_NOTEBOOK), encoding='utf-8')
-    port, token = free_port(), secrets.token_hex(16)
-    env = {**os.environ, 'JUPYTER_RUNTIME_DIR': str(tmp_path/'runtime'), 'JUPYTERLAB_WORKSPACES_DIR': str(tmp_path/'workspaces'),
-           'JUPYTERLAB_SETTINGS_DIR': str(tmp_path/'settings'), 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
-    cmd = [str(jupyter), 'lab', '--no-browser', '--allow-root', f'--port={port}', '--ServerApp.ip=127.0.0.1',
-           f'--ServerApp.token={token}', '--ServerApp.port_retries=0', f'--ServerApp.root_dir={work}',
-           '--LabApp.news_url=', '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate']
-    log = open(tmp_path/'lab.log', 'w')
-    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    shot = tmp_path/'widget.png'
-    try:
-        wait_http(f'http://127.0.0.1:{port}/api/status?token={token}', proc, 90)
-        page = browser.new_page()
-        errors = watch(page)
-        page.goto(f'http://127.0.0.1:{port}/lab/tree/tiny.ipynb?token={token}', wait_until='load')
-        page.locator('.jp-Notebook .jp-Cell').first.wait_for(state='visible', timeout=120_000)
-        dialogs = dismiss_dialogs(page)
-        page.locator('.jp-Notebook .jp-Cell .jp-InputArea-editor').first.click()
-        page.keyboard.press('Shift+Enter')
-        canvas = page.locator('.jp-OutputArea-output canvas').first
-        canvas.wait_for(state='attached', timeout=120_000)
-        out = page.locator('.jp-Cell .jp-OutputArea-output').first
-        out.scroll_into_view_if_needed()
-        share = poll_pixels(lambda p: out.screenshot(path=p), shot, tries=80, page=page)
-        page.screenshot(path=str(tmp_path/'lab.png'))
-        lab_errors = [e for e in errors if 'favicon' not in e]
-    finally:
-        stop(proc)
-        log.close()
-    assert share > 0.03, (f'only {share:.2%} of the widget output is not background: the k3d widget drew no voxels ({shot}); '
-                          f'lab log: {(tmp_path/"lab.log").read_text()[-1500:]}')
-    assert not browser.outside, f'JupyterLab asked the web for {browser.outside}'
-    assert not [e for e in lab_errors if 'k3d' in e.lower() or 'widget' in e.lower()], lab_errors
