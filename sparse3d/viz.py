@@ -9,7 +9,7 @@ __all__ = ['COLORS', 'CONFUSION', 'as_grid', 'voxel_labels', 'label_counts', 'di
            'TrainingMonitor']
 
 # %% ../nbs/10_visualize.ipynb #ba2b738b
-import contextlib, io, sys, threading, time, warnings
+import contextlib, io, re, sys, threading, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -394,16 +394,20 @@ def show_voxels(pred, gt=None, threshold=0.5, slider=True, **kwargs):
     return box
 
 # %% ../nbs/10_visualize.ipynb #481a2541
-def snapshot_html(plot) -> str:
+def snapshot_html(plot, title='sparse3d: 3D view', icon=None) -> str:
     "Self-contained HTML page of the k3d `plot` (or a `show_voxels` widget's plot): k3d and data inlined, opens offline"
+    import html
     plot = getattr(plot, 'plot', plot)
     old, plot.snapshot_type = plot.snapshot_type, 'full'
-    try: return plot.get_snapshot()
+    try: page = plot.get_snapshot()
     finally: plot.snapshot_type = old
+    head = f'<title>{html.escape(title)}</title>'
+    if icon: head += f'\n    <link rel="icon" href="{html.escape(icon, quote=True)}">'
+    return re.sub(r'<title>.*?</title>', lambda m: head, page, count=1, flags=re.S)
 
-def save_snapshot(plot, path) -> Path:
-    "Write `snapshot_html(plot)` to `path` (atomically)"
-    with atomic_write(path, 'w', encoding='utf-8') as f: f.write(snapshot_html(plot))
+def save_snapshot(plot, path, title='sparse3d: 3D view', icon=None) -> Path:
+    "Write `snapshot_html(plot, title, icon)` to `path` (atomically)"
+    with atomic_write(path, 'w', encoding='utf-8') as f: f.write(snapshot_html(plot, title, icon))
     return Path(path)
 
 # %% ../nbs/10_visualize.ipynb #aa7f0a09

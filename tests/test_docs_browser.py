@@ -51,8 +51,8 @@ def small_site(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def site_with_snapshot(tmp_path_factory):
-    "Home page, Config chapter and the tutorial that embeds a k3d snapshot, built into a temporary folder"
-    return build_site(tmp_path_factory.mktemp('docs_k3d'), '00_config', '03_inspect_model')
+    "Home page, Config chapter, and the tutorial and the chapter embedding k3d snapshots, built into a temporary folder"
+    return build_site(tmp_path_factory.mktemp('docs_k3d'), '00_config', '03_inspect_model', '10_visualize')
 
 
 def test_page_names_follow_nbdev():
@@ -93,7 +93,11 @@ def test_small_site_html(small_site):
     assert 'n_epochs=500, batch_size=6' in home
     # links: between notebooks they are links between pages; to the published site, relative
     assert 'href="config.html"' in home
-    assert 'sparse3d.github.io' not in re.sub(r'>[^<]*<', '><', home), 'links to the published site must be relative'
+    # links to the published site are made relative where this (partial) build has the page; the others stay absolute
+    published = build_docs.site_url(build_docs.settings())
+    for page in ('index.html', 'config.html'):
+        for href in re.findall(r'href="' + re.escape(published) + r'([^"#]*)', (site/page).read_text(encoding='utf-8')):
+            assert not (site/(href or 'index.html')).exists(), f'{page}: a link to the published {href} is not relative'
     # the generated reports are pages of their own, linked from the home page where the README links them
     readme = (ROOT/'README.md').read_text(encoding='utf-8')
     for name, page in build_docs.REPORTS.items():
@@ -107,6 +111,73 @@ def test_small_site_html(small_site):
     assert (site/'search.html').exists()
     index = (site/'searchindex.js').read_text(encoding='utf-8')
     assert 'load_config' in index and 'config' in index
+    # every link between pages leads to a page, and to an anchor of it; no id twice on a page (the search page
+    # took an empty nbdev anchor for the section of the same id, and failed on it)
+    assert build_docs.check_links(site) == []
+    for page in info['pages']:
+        ids = re.findall(r'\bid="([^"]+)"', (site/page).read_text(encoding='utf-8'))
+        assert len(ids) == len(set(ids)), f'{page}: ids twice: {sorted({i for i in ids if ids.count(i) > 1})}'
+    # nbdev's anchors for what has no show_doc (private helpers): config.html#_read_yaml
+    assert 'id="_read_yaml"' in config
+    # tables fit (tools/docs/_static/sparse3d.css): FAULTS.md's long test names may break after _, its rows carry
+    # their header labels for the phone layout; the home page's module names stay whole
+    if (ROOT/'FAULTS.md').exists():
+        faults = (site/'faults_report.html').read_text(encoding='utf-8')
+        assert '<table class="docutils stack' in faults and 'data-label="Test"' in faults
+        assert re.search(r'<code class="docutils literal[^"]* long"[^>]*><span class="pre">test_<wbr>\w+_<wbr>', faults)
+    assert '<span class="pre">sparse3d.config</span>' in home
+    # pictures carry their size, so the page does not move while they load (and links to anchors land)
+    assert re.search(r'<img width="\d+" height="\d+" [^>]*views_hull\.png"', home)
+
+
+def test_anchors_for_what_show_doc_skips():
+    "nbdev links `page.html#name` and `#class.method`: the build knows every name a cell defines, @patch methods too"
+    src = ('class Camera:\n    def project(self, x): ...\n    @property\n    def center(self): ...\n'
+           '@patch\ndef forward(self: VAEGAN, x): ...\n@patch(as_prop=True)\ndef both(self: A|B): ...\n'
+           'def _open_image(p): ...\nCOLORS = {}\n%time x = 1\n')
+    assert build_docs.defined_anchors(src) == ['camera', 'camera.project', 'camera.center', 'vaegan.forward', 'a.both',
+                                               'b.both', '_open_image']
+    assert build_docs.defined_anchors('def broken(:') == []
+    md = lambda text: dict(cell_type='markdown', metadata={}, source=text)
+    cells = [md('# Page\n'), dict(md(''), anchors_=['camera', 'camera.project', '_open_image', 'load_config']),
+             md('<a id="load_config" class="sd-anchor"></a>\n\n### load_config\n'), md('### Camera\n')]
+    build_docs._anchor_missing(cells)
+    assert [c['source'] for c in cells] == [
+        '# Page\n', '<a id="_open_image" class="sd-anchor"></a>',                # where the code was: no heading has it
+        '<a id="load_config" class="sd-anchor"></a>\n\n### load_config\n',       # show_doc's own anchor: kept, once
+        '<a id="camera.project" class="sd-anchor"></a>\n\n### Camera\n'], cells  # a method: at its class heading
+
+
+def test_link_check_finds_missing_pages_and_anchors(tmp_path):
+    "The link check reports a missing page and a missing anchor, and nothing else (it can fail)"
+    (tmp_path/'sub').mkdir()
+    (tmp_path/'a.html').write_text('<a href="b.html#there">ok</a><a href="b.html#gone">x</a><a href="sub/c.html">x</a>'
+                                   '<a href="#top">ok</a><p id="top"></p><a href="https://example.org/#x">web</a>')
+    (tmp_path/'b.html').write_text('<section id="there"></section><a href="a.html#top">ok</a>')
+    (tmp_path/'sub'/'d.html').write_text('<a href="../b.html#there">ok</a><a href="../a.html#nope">x</a>')
+    assert sorted(build_docs.check_links(tmp_path)) == [
+        'a.html: b.html#gone (no anchor #gone on b.html)', 'a.html: sub/c.html (no such file)',
+        'sub/d.html: ../a.html#nope (no anchor #nope on a.html)']
+
+
+def test_tables_are_marked_up_to_fit():
+    "A table of 3+ columns gets its header labels on its cells (the phone layout) and break points in long names"
+    code = '<code class="docutils literal notranslate"><span class="pre">{}</span></code>'
+    table = ('<table class="docutils align-default"><thead><tr><th class="head"><p>Area</p></th>'
+             '<th class="head"><p>What</p></th><th class="head"><p>Test</p></th></tr></thead>'
+             '<tbody><tr><td><p>Disk</p></td><td><p>a/long/run/of/words/without/spaces</p></td><td><p>'
+             + code.format('test_disk_full_keeps_checkpoint') + ' ' + code.format('sparse3d.config') +
+             '</p></td></tr></tbody></table>')
+    out = build_docs._polish_table(table)
+    assert out.startswith('<table class="docutils stack align-default">')
+    assert re.findall(r'data-label="([^"]*)"', out) == ['Area', 'What', 'Test']
+    assert '<span class="pre">test_<wbr>disk_<wbr>full_<wbr>keeps_<wbr>checkpoint</span>' in out
+    assert 'class="docutils literal notranslate long"' in out
+    assert '<span class="pre">sparse3d.config</span>' in out                     # short names stay whole
+    assert 'a/<wbr>long/<wbr>run/<wbr>of/<wbr>words/<wbr>without/<wbr>spaces' in out
+    two = ('<table class="docutils"><thead><tr><th>a</th><th>b</th></tr></thead>'
+           '<tbody><tr><td>1</td><td>2</td></tr></tbody></table>')
+    assert build_docs._polish_table(two) == two                                 # two columns fit as they are
 
 
 def test_every_notebook_is_a_page():
@@ -228,28 +299,86 @@ def test_home_and_api_page_render(small_site, browser, tmp_path):
 
 
 @pytest.mark.browser
-def test_search_finds_an_api_function(small_site, browser):
+@pytest.mark.parametrize('query', ['load_config', 'ConfigError', 'Config', 'atomic write'])
+def test_search_finds_api_names_without_errors(small_site, browser, query):
+    "Search finds the API and logs no error (a class's section and an nbdev anchor sharing an id broke its summaries)"
     site, _ = small_site
     with serve(site) as url:
         page = browser.new_page()
         errors = watch(page)
-        page.goto(url + 'search.html?q=load_config', wait_until='load')
+        page.goto(url + f'search.html?q={query}', wait_until='load')
         hit = page.locator('#search-results a[href*="config.html"]').first
         hit.wait_for(state='attached', timeout=30_000)
+        page.locator('#search-results p.context').first.wait_for(state='attached', timeout=30_000)   # summaries came
+        page.wait_for_timeout(500)
         assert page.locator('#search-results li').count() >= 1
     assert not errors, errors
     assert not browser.outside, browser.outside
 
 
+LAYOUT = """() => {
+  const article = document.querySelector('article[role=main]');
+  const tables = [...article.querySelectorAll('table')].filter(t => {      // its box would scroll sideways
+    const box = t.closest('.table-wrapper') || t.parentElement;
+    return box.scrollWidth > box.clientWidth + 1 || t.offsetWidth > article.clientWidth + 12;
+  }).map(t => (t.rows[0] ? t.rows[0].innerText : t.innerText).replace(/\\s+/g, ' ').slice(0, 60));
+  const pres = [...article.querySelectorAll('pre')].filter(p => p.scrollWidth > p.clientWidth + 1)
+    .map(p => p.innerText.split('\\n')[0].slice(0, 60));
+  return {tables, pres, page: document.documentElement.scrollWidth - window.innerWidth};
+}"""
+
+
 @pytest.mark.browser
-def test_k3d_snapshot_in_tutorial_draws_voxels(site_with_snapshot, browser, tmp_path):
+@pytest.mark.parametrize('width', [1280, 390])
+def test_tables_and_code_fit_the_page(small_site, browser, tmp_path, width):
+    "At a desktop width and a phone's, no table is wider than the text column and no code scrolls sideways"
+    site, info = small_site
+    with serve(site) as url:
+        page = browser.new_page()
+        page.set_viewport_size(dict(width=width, height=900))
+        errors = watch(page)
+        bad = {}
+        for name in info['pages']:
+            page.goto(url + name, wait_until='load')
+            found = page.evaluate(LAYOUT)
+            if found['tables'] or found['pres'] or found['page'] > 0: bad[name] = found
+            table = page.locator('article table').first
+            if table.count():
+                table.scroll_into_view_if_needed()
+                page.screenshot(path=str(tmp_path/f'{width}_{name.replace("/", "_")}.png'))
+    assert not bad, f'at {width} px these overflow: {bad} (screenshots in {tmp_path})'
+    assert not errors, errors
+
+
+@pytest.mark.browser
+def test_links_to_symbols_land_on_their_anchor(small_site, browser):
+    "nbdev's links to a symbol without show_doc (a private helper) and with one scroll to it, not to the top"
+    site, _ = small_site
+    with serve(site) as url:
+        page = browser.new_page()
+        for anchor in ('_read_yaml', 'load_config'):
+            page.goto(url + f'config.html#{anchor}', wait_until='load')
+            top = '(a) => document.getElementById(a).getBoundingClientRect().top'
+            try: page.wait_for_function(f'(a) => ({top})(a) >= 0 && ({top})(a) < 200', arg=anchor, timeout=15_000)
+            except Exception:                                   # (the page scrolls smoothly: it takes a moment)
+                pytest.fail(f'#{anchor} stays {page.evaluate(top, anchor):.0f} px below the top of the window')
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(('page_name', 'snapshot'), [('tutorials/inspect_model.html', 'chair_hull'),
+                                                     ('visualize.html', 'toy_chair')])
+def test_k3d_snapshot_in_page_draws_voxels(site_with_snapshot, browser, tmp_path, page_name, snapshot):
     site, info = site_with_snapshot
-    assert info['snapshots'] == ['chair_hull'] and (site/'_static'/'k3d'/'chair_hull.html').exists()
+    assert info['snapshots'] == ['chair_hull', 'toy_chair'], info['snapshots']
+    html = (site/'_static'/'k3d'/f'{snapshot}.html').read_text(encoding='utf-8')
+    # titled as the frame is, with the site's icon inlined (no "K3D snapshot viewer - <time>", no missing favicon)
+    assert re.findall(r'<title>(.*?)</title>', html) == [f'{build_docs.SNAPSHOTS[snapshot][1]} - sparse3d']
+    assert re.search(r'<link rel="icon" href="data:image/svg\+xml;base64,', html)
     with serve(site) as url:
         page = browser.new_page()
         errors = watch(page)
-        page.goto(url + 'tutorials/inspect_model.html', wait_until='load')
-        frame_el = page.locator('div.k3d-snapshot iframe')
+        page.goto(url + page_name, wait_until='load')
+        frame_el = page.locator(f'div.k3d-snapshot iframe[src$="{snapshot}.html"]')
         frame_el.scroll_into_view_if_needed()                       # the iframe loads lazily
         frame = frame_el.element_handle().content_frame()
         frame.wait_for_load_state('load', timeout=60_000)
@@ -258,6 +387,7 @@ def test_k3d_snapshot_in_tutorial_draws_voxels(site_with_snapshot, browser, tmp_
                        'r => requestAnimationFrame(() => requestAnimationFrame(r))))')
         shot = tmp_path/'snapshot.png'
         share = poll_pixels(lambda p: frame_el.screenshot(path=p), shot, page=page)
+        page.screenshot(path=str(tmp_path/'page.png'))
     assert share > 0.03, f'only {share:.2%} of the embedded snapshot is not background: no voxels drawn ({shot})'
     assert not errors, errors
     assert not browser.outside, browser.outside
