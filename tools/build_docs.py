@@ -14,7 +14,9 @@ between symbols), and gives Quarto's half to Sphinx with MyST-NB and the Furo th
    -> `remove-output`, `include: false` -> the cell is dropped; `output: asis` markdown, such as the
    API sections, becomes page markdown), `#|` lines are removed from the code shown, links between
    notebooks become links between pages, and each page is written as `<name>.ipynb` (the name nbdev's
-   symbol index links to: `00_config.ipynb` -> `config.html`) under `_proc/sphinx/`.
+   symbol index links to: `00_config.ipynb` -> `config.html`) under `_proc/sphinx/`. nbdev's symbol
+   links point at `page.html#name` or `#class.method`: what has no show_doc heading (private helpers,
+   methods, @patch methods) gets that anchor where it is defined, or at its class's heading.
 3. `sphinx-build` renders them (execution off: saved outputs only) with `tools/docs/conf.py` into
    `_docs/`, with Sphinx's own offline search.
 4. k3d snapshots (sparse3d.viz.save_snapshot: self-contained pages, k3d inlined) are made here and
@@ -22,6 +24,9 @@ between symbols), and gives Quarto's half to Sphinx with MyST-NB and the Furo th
    `<!-- k3d-snapshot: NAME -->`, which becomes an <iframe> on the page.
 5. Links to the published site (`doc_host` + `doc_baseurl` of settings.ini, which nbdev's symbol links
    use) are made relative, so the site works from any folder or local server, offline.
+6. The pages are polished (tables marked up to fit any width, see tools/docs/_static/sparse3d.css; an id
+   only once per page, which Sphinx's search needs; pictures sized) and checked: nothing is loaded from
+   the web, and every link between pages leads to a page and to an anchor on it (else the build fails).
 
 usage: python tools/build_docs.py [--out _docs] [--only 00_config ...] [--strict] [--quiet] [--stage DIR] [--summary FILE]
 """
