@@ -14,7 +14,7 @@ STAMP := $(VENV)/.sparse3d-setup
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg PYTHONHASHSEED=0
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: help setup demo test test-all lab readme check-clean check-export check-readme nbtest pytest clean lint
+.PHONY: help setup demo test test-all lab readme nbclean check-clean check-export check-readme nbtest pytest clean lint
 
 help:
 	@echo "make demo      render synthetic chairs, preprocess, train on CPU, evaluate; results in demo/"
@@ -22,6 +22,7 @@ help:
 	@echo "make test-all  the same with slow and browser tests"
 	@echo "make lab       JupyterLab on the workbook (k3d and ipywidgets ready)"
 	@echo "make readme    regenerate README.md from nbs/index.ipynb"
+	@echo "make nbclean   give every notebook the kernel metadata JupyterLab expects, then nbdev_clean"
 	@echo "make docs      build the documentation site into _docs/"
 	@echo "make bench     BENCHMARKS.md: speed, memory and quality (trains three more variants after the demo)"
 	@echo "make faults    FAULTS.md: the whole fault-injection suite"
@@ -63,11 +64,16 @@ demo: setup
 lint: setup
 	@$(BIN)/ruff check sparse3d tests
 
-check-clean: setup
+# Every notebook names its kernel (python3) and language, as JupyterLab writes them when it opens one: without
+# them, opening a chapter asks which kernel to use and marks the notebook modified (tools/nb_tidy.py).
+nbclean: setup
+	@$(BIN)/python tools/nb_tidy.py
 	@$(BIN)/nbdev_clean
+
+check-clean: nbclean
 	@if [ -n "$$(git status --porcelain -- nbs)" ]; then \
 	  git status --porcelain -- nbs; \
-	  echo "nbs/ is not clean after nbdev_clean (or has uncommitted changes): run 'nbdev_clean' and commit."; exit 1; fi
+	  echo "nbs/ is not clean after 'make nbclean' (or has uncommitted changes): run 'make nbclean' and commit."; exit 1; fi
 
 check-export: setup
 	@$(BIN)/nbdev_export
@@ -96,8 +102,15 @@ test-all: check-clean check-export check-readme
 	@$(MAKE) --no-print-directory nbtest NBFLAGS='--flags "slow browser"'
 	@$(MAKE) --no-print-directory pytest PYTEST_ARGS='-m "not cuda"'
 
+# JupyterLab as tools/jupyter/ configures it: no build check (a dependency's source extension would ask for a
+# rebuild at every start), nothing fetched from the web, and the kernel `python3` shown as the notebooks name it.
+# tests/test_lab_browser.py runs this very target (with LAB_DIR and LAB_ARGS for a port, a token, a folder).
+LAB_DIR ?= .
+LAB_ARGS ?=
 lab: setup
-	@$(BIN)/jupyter lab --notebook-dir=. --no-browser $$( [ "$$(id -u)" -eq 0 ] && echo --allow-root )
+	@JUPYTER_PATH="$(CURDIR)/tools/jupyter$${JUPYTER_PATH:+:$$JUPYTER_PATH}" \
+	  $(BIN)/jupyter lab --config="$(CURDIR)/tools/jupyter/jupyter_lab_config.py" --notebook-dir="$(LAB_DIR)" --no-browser \
+	  $$( [ "$$(id -u)" -eq 0 ] && echo --allow-root ) $(LAB_ARGS)
 
 clean:
 	rm -rf _docs _proc .pytest_cache

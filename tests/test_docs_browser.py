@@ -11,13 +11,12 @@ shows. So:
 - with headless Chromium through Playwright (marked `browser`, in `make test-all`), against the site
   served by `python -m http.server` on a free loopback port: the home page and an API page render with
   no console errors and ask nothing from the web, search finds a function, the k3d snapshot embedded in
-  a tutorial draws voxels (pixels), and JupyterLab, started on loopback in a temporary folder, runs a
-  notebook cell whose live k3d widget draws (pixels).
+  a tutorial draws voxels (pixels). (JupyterLab, with its live k3d widgets, is tests/test_lab_browser.py.)
 
 Every server is started and stopped by its test, within a bounded time. Tests skip, saying why, when
 Playwright or Chromium is missing (`make setup` installs both: Playwright from PyPI, `chromium` with apt).
 """
-import contextlib, json, os, re, secrets, signal, socket, subprocess, sys, time, urllib.request
+import contextlib, json, os, re, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ PY = sys.executable
 # --- building ------------------------------------------------------------------------------------------------
 
 def build_site(tmp, *only):
-    "Build the home page and the notebooks `only` into `tmp/site`, as `make docs` does but in its own process; the summary"
+    "Build the home page and the notebooks `only` into `tmp/site`, as `make docs` does, in its own process; the summary"
     cmd = [PY, str(ROOT/'tools'/'build_docs.py'), '--out', str(tmp/'site'), '--stage', str(tmp/'stage'), '--quiet',
            '--summary', str(tmp/'summary.json'), '--only', *only]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -52,8 +51,8 @@ def small_site(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def site_with_snapshot(tmp_path_factory):
-    "Home page, Config chapter and the tutorial that embeds a k3d snapshot, built into a temporary folder"
-    return build_site(tmp_path_factory.mktemp('docs_k3d'), '00_config', '03_inspect_model')
+    "Home page, Config chapter, and the tutorial and the chapter embedding k3d snapshots, built into a temporary folder"
+    return build_site(tmp_path_factory.mktemp('docs_k3d'), '00_config', '03_inspect_model', '10_visualize')
 
 
 def test_page_names_follow_nbdev():
@@ -66,7 +65,7 @@ def test_page_names_follow_nbdev():
 
 
 def test_building_runs_no_example_code():
-    "For show_doc, a cell that mixes imports with other code runs only its imports: no training or rendering at build time"
+    "For show_doc, a cell mixing imports with other code runs only its imports: no training or rendering at build time"
     src = 'import numpy as np\nfrom pathlib import Path\nroot = render_dataset(Path("/tmp/x"), 200)\nfit(cfg)\n'
     assert build_docs._imports_only(src) == 'import numpy as np\nfrom pathlib import Path'
     assert build_docs._imports_only('fit(cfg)') is None
@@ -76,7 +75,8 @@ def test_building_runs_no_example_code():
 def test_small_site_html(small_site):
     "No browser: what the build writes (runs in `make test`)"
     site, info = small_site
-    reports = [f'{page}.html' for name, page in build_docs.REPORTS.items() if (ROOT/name).exists()]   # BENCHMARKS.md, FAULTS.md
+    # BENCHMARKS.md, FAULTS.md
+    reports = [f'{page}.html' for name, page in build_docs.REPORTS.items() if (ROOT/name).exists()]
     assert sorted(info['pages']) == sorted(['config.html', 'index.html', *reports]), info['pages']
     assert not info['warnings'], info['warnings']
     config, home = (site/'config.html').read_text(encoding='utf-8'), (site/'index.html').read_text(encoding='utf-8')
@@ -93,7 +93,11 @@ def test_small_site_html(small_site):
     assert 'n_epochs=500, batch_size=6' in home
     # links: between notebooks they are links between pages; to the published site, relative
     assert 'href="config.html"' in home
-    assert 'sparse3d.github.io' not in re.sub(r'>[^<]*<', '><', home), 'links to the published site must be relative'
+    # links to the published site are made relative where this (partial) build has the page; the others stay absolute
+    published = build_docs.site_url(build_docs.settings())
+    for page in ('index.html', 'config.html'):
+        for href in re.findall(r'href="' + re.escape(published) + r'([^"#]*)', (site/page).read_text(encoding='utf-8')):
+            assert not (site/(href or 'index.html')).exists(), f'{page}: a link to the published {href} is not relative'
     # the generated reports are pages of their own, linked from the home page where the README links them
     readme = (ROOT/'README.md').read_text(encoding='utf-8')
     for name, page in build_docs.REPORTS.items():
@@ -107,6 +111,73 @@ def test_small_site_html(small_site):
     assert (site/'search.html').exists()
     index = (site/'searchindex.js').read_text(encoding='utf-8')
     assert 'load_config' in index and 'config' in index
+    # every link between pages leads to a page, and to an anchor of it; no id twice on a page (the search page
+    # took an empty nbdev anchor for the section of the same id, and failed on it)
+    assert build_docs.check_links(site) == []
+    for page in info['pages']:
+        ids = re.findall(r'\bid="([^"]+)"', (site/page).read_text(encoding='utf-8'))
+        assert len(ids) == len(set(ids)), f'{page}: ids twice: {sorted({i for i in ids if ids.count(i) > 1})}'
+    # nbdev's anchors for what has no show_doc (private helpers): config.html#_read_yaml
+    assert 'id="_read_yaml"' in config
+    # tables fit (tools/docs/_static/sparse3d.css): FAULTS.md's long test names may break after _, its rows carry
+    # their header labels for the phone layout; the home page's module names stay whole
+    if (ROOT/'FAULTS.md').exists():
+        faults = (site/'faults_report.html').read_text(encoding='utf-8')
+        assert '<table class="docutils stack' in faults and 'data-label="Test"' in faults
+        assert re.search(r'<code class="docutils literal[^"]* long"[^>]*><span class="pre">test_<wbr>\w+_<wbr>', faults)
+    assert '<span class="pre">sparse3d.config</span>' in home
+    # pictures carry their size, so the page does not move while they load (and links to anchors land)
+    assert re.search(r'<img width="\d+" height="\d+" [^>]*views_hull\.png"', home)
+
+
+def test_anchors_for_what_show_doc_skips():
+    "nbdev links `page.html#name` and `#class.method`: the build knows every name a cell defines, @patch methods too"
+    src = ('class Camera:\n    def project(self, x): ...\n    @property\n    def center(self): ...\n'
+           '@patch\ndef forward(self: VAEGAN, x): ...\n@patch(as_prop=True)\ndef both(self: A|B): ...\n'
+           'def _open_image(p): ...\nCOLORS = {}\n%time x = 1\n')
+    assert build_docs.defined_anchors(src) == ['camera', 'camera.project', 'camera.center', 'vaegan.forward', 'a.both',
+                                               'b.both', '_open_image']
+    assert build_docs.defined_anchors('def broken(:') == []
+    md = lambda text: dict(cell_type='markdown', metadata={}, source=text)
+    cells = [md('# Page\n'), dict(md(''), anchors_=['camera', 'camera.project', '_open_image', 'load_config']),
+             md('<a id="load_config" class="sd-anchor"></a>\n\n### load_config\n'), md('### Camera\n')]
+    build_docs._anchor_missing(cells)
+    assert [c['source'] for c in cells] == [
+        '# Page\n', '<a id="_open_image" class="sd-anchor"></a>',                # where the code was: no heading has it
+        '<a id="load_config" class="sd-anchor"></a>\n\n### load_config\n',       # show_doc's own anchor: kept, once
+        '<a id="camera.project" class="sd-anchor"></a>\n\n### Camera\n'], cells  # a method: at its class heading
+
+
+def test_link_check_finds_missing_pages_and_anchors(tmp_path):
+    "The link check reports a missing page and a missing anchor, and nothing else (it can fail)"
+    (tmp_path/'sub').mkdir()
+    (tmp_path/'a.html').write_text('<a href="b.html#there">ok</a><a href="b.html#gone">x</a><a href="sub/c.html">x</a>'
+                                   '<a href="#top">ok</a><p id="top"></p><a href="https://example.org/#x">web</a>')
+    (tmp_path/'b.html').write_text('<section id="there"></section><a href="a.html#top">ok</a>')
+    (tmp_path/'sub'/'d.html').write_text('<a href="../b.html#there">ok</a><a href="../a.html#nope">x</a>')
+    assert sorted(build_docs.check_links(tmp_path)) == [
+        'a.html: b.html#gone (no anchor #gone on b.html)', 'a.html: sub/c.html (no such file)',
+        'sub/d.html: ../a.html#nope (no anchor #nope on a.html)']
+
+
+def test_tables_are_marked_up_to_fit():
+    "A table of 3+ columns gets its header labels on its cells (the phone layout) and break points in long names"
+    code = '<code class="docutils literal notranslate"><span class="pre">{}</span></code>'
+    table = ('<table class="docutils align-default"><thead><tr><th class="head"><p>Area</p></th>'
+             '<th class="head"><p>What</p></th><th class="head"><p>Test</p></th></tr></thead>'
+             '<tbody><tr><td><p>Disk</p></td><td><p>a/long/run/of/words/without/spaces</p></td><td><p>'
+             + code.format('test_disk_full_keeps_checkpoint') + ' ' + code.format('sparse3d.config') +
+             '</p></td></tr></tbody></table>')
+    out = build_docs._polish_table(table)
+    assert out.startswith('<table class="docutils stack align-default">')
+    assert re.findall(r'data-label="([^"]*)"', out) == ['Area', 'What', 'Test']
+    assert '<span class="pre">test_<wbr>disk_<wbr>full_<wbr>keeps_<wbr>checkpoint</span>' in out
+    assert 'class="docutils literal notranslate long"' in out
+    assert '<span class="pre">sparse3d.config</span>' in out                     # short names stay whole
+    assert 'a/<wbr>long/<wbr>run/<wbr>of/<wbr>words/<wbr>without/<wbr>spaces' in out
+    two = ('<table class="docutils"><thead><tr><th>a</th><th>b</th></tr></thead>'
+           '<tbody><tr><td>1</td><td>2</td></tr></tbody></table>')
+    assert build_docs._polish_table(two) == two                                 # two columns fit as they are
 
 
 def test_every_notebook_is_a_page():
@@ -164,12 +235,12 @@ def serve(folder):
 @pytest.fixture
 def browser(tmp_path):
     "A fresh headless Chromium (Playwright, Debian's binary); requests leaving loopback are refused and recorded"
-    sync_api = pytest.importorskip('playwright.sync_api', reason='Playwright is not installed (PyPI `playwright`; the browser is '
-                                   "Debian's /usr/bin/chromium, so no `playwright install` is needed)")
+    sync_api = pytest.importorskip('playwright.sync_api', reason='Playwright is not installed (PyPI `playwright`; the '
+                                   "browser is Debian's /usr/bin/chromium, so no `playwright install` is needed)")
     if not CHROMIUM.exists(): pytest.skip(f'no Chromium at {CHROMIUM} (apt-get install chromium)')
     with sync_api.sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp_path/'profile'), executable_path=str(CHROMIUM), headless=True,
-                                                   args=ARGS, viewport=dict(width=1280, height=900))
+        ctx = p.chromium.launch_persistent_context(str(tmp_path/'profile'), executable_path=str(CHROMIUM),
+                                                   headless=True, args=ARGS, viewport=dict(width=1280, height=900))
         ctx.outside = []
         def block(route):
             ctx.outside.append(route.request.url)
@@ -195,7 +266,7 @@ def drawn_share(png, background=255, tol=24) -> float:
 
 
 def poll_pixels(shoot, png, want=0.03, tries=60, pause=250, page=None):
-    "Screenshot with `shoot(path)` until more than `want` of it is drawn (SwiftShader can take a moment); the last share"
+    "Screenshot with `shoot(path)` until more than `want` of it is drawn (SwiftShader can be slow); the last share"
     share = 0.0
     for _ in range(tries):
         shoot(str(png))
@@ -229,28 +300,86 @@ def test_home_and_api_page_render(small_site, browser, tmp_path):
 
 
 @pytest.mark.browser
-def test_search_finds_an_api_function(small_site, browser):
+@pytest.mark.parametrize('query', ['load_config', 'ConfigError', 'Config', 'atomic write'])
+def test_search_finds_api_names_without_errors(small_site, browser, query):
+    "Search finds the API and logs no error (a class's section and an nbdev anchor sharing an id broke its summaries)"
     site, _ = small_site
     with serve(site) as url:
         page = browser.new_page()
         errors = watch(page)
-        page.goto(url + 'search.html?q=load_config', wait_until='load')
+        page.goto(url + f'search.html?q={query}', wait_until='load')
         hit = page.locator('#search-results a[href*="config.html"]').first
         hit.wait_for(state='attached', timeout=30_000)
+        page.locator('#search-results p.context').first.wait_for(state='attached', timeout=30_000)   # summaries came
+        page.wait_for_timeout(500)
         assert page.locator('#search-results li').count() >= 1
     assert not errors, errors
     assert not browser.outside, browser.outside
 
 
+LAYOUT = """() => {
+  const article = document.querySelector('article[role=main]');
+  const tables = [...article.querySelectorAll('table')].filter(t => {      // its box would scroll sideways
+    const box = t.closest('.table-wrapper') || t.parentElement;
+    return box.scrollWidth > box.clientWidth + 1 || t.offsetWidth > article.clientWidth + 12;
+  }).map(t => (t.rows[0] ? t.rows[0].innerText : t.innerText).replace(/\\s+/g, ' ').slice(0, 60));
+  const pres = [...article.querySelectorAll('pre')].filter(p => p.scrollWidth > p.clientWidth + 1)
+    .map(p => p.innerText.split('\\n')[0].slice(0, 60));
+  return {tables, pres, page: document.documentElement.scrollWidth - window.innerWidth};
+}"""
+
+
 @pytest.mark.browser
-def test_k3d_snapshot_in_tutorial_draws_voxels(site_with_snapshot, browser, tmp_path):
+@pytest.mark.parametrize('width', [1280, 390])
+def test_tables_and_code_fit_the_page(small_site, browser, tmp_path, width):
+    "At a desktop width and a phone's, no table is wider than the text column and no code scrolls sideways"
+    site, info = small_site
+    with serve(site) as url:
+        page = browser.new_page()
+        page.set_viewport_size(dict(width=width, height=900))
+        errors = watch(page)
+        bad = {}
+        for name in info['pages']:
+            page.goto(url + name, wait_until='load')
+            found = page.evaluate(LAYOUT)
+            if found['tables'] or found['pres'] or found['page'] > 0: bad[name] = found
+            table = page.locator('article table').first
+            if table.count():
+                table.scroll_into_view_if_needed()
+                page.screenshot(path=str(tmp_path/f'{width}_{name.replace("/", "_")}.png'))
+    assert not bad, f'at {width} px these overflow: {bad} (screenshots in {tmp_path})'
+    assert not errors, errors
+
+
+@pytest.mark.browser
+def test_links_to_symbols_land_on_their_anchor(small_site, browser):
+    "nbdev's links to a symbol without show_doc (a private helper) and with one scroll to it, not to the top"
+    site, _ = small_site
+    with serve(site) as url:
+        page = browser.new_page()
+        for anchor in ('_read_yaml', 'load_config'):
+            page.goto(url + f'config.html#{anchor}', wait_until='load')
+            top = '(a) => document.getElementById(a).getBoundingClientRect().top'
+            try: page.wait_for_function(f'(a) => ({top})(a) >= 0 && ({top})(a) < 200', arg=anchor, timeout=15_000)
+            except Exception:                                   # (the page scrolls smoothly: it takes a moment)
+                pytest.fail(f'#{anchor} stays {page.evaluate(top, anchor):.0f} px below the top of the window')
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(('page_name', 'snapshot'), [('tutorials/inspect_model.html', 'chair_hull'),
+                                                     ('visualize.html', 'toy_chair')])
+def test_k3d_snapshot_in_page_draws_voxels(site_with_snapshot, browser, tmp_path, page_name, snapshot):
     site, info = site_with_snapshot
-    assert info['snapshots'] == ['chair_hull'] and (site/'_static'/'k3d'/'chair_hull.html').exists()
+    assert info['snapshots'] == ['chair_hull', 'toy_chair'], info['snapshots']
+    html = (site/'_static'/'k3d'/f'{snapshot}.html').read_text(encoding='utf-8')
+    # titled as the frame is, with the site's icon inlined (no "K3D snapshot viewer - <time>", no missing favicon)
+    assert re.findall(r'<title>(.*?)</title>', html) == [f'{build_docs.SNAPSHOTS[snapshot][1]} - sparse3d']
+    assert re.search(r'<link rel="icon" href="data:image/svg\+xml;base64,', html)
     with serve(site) as url:
         page = browser.new_page()
         errors = watch(page)
-        page.goto(url + 'tutorials/inspect_model.html', wait_until='load')
-        frame_el = page.locator('div.k3d-snapshot iframe')
+        page.goto(url + page_name, wait_until='load')
+        frame_el = page.locator(f'div.k3d-snapshot iframe[src$="{snapshot}.html"]')
         frame_el.scroll_into_view_if_needed()                       # the iframe loads lazily
         frame = frame_el.element_handle().content_frame()
         frame.wait_for_load_state('load', timeout=60_000)
@@ -259,75 +388,7 @@ def test_k3d_snapshot_in_tutorial_draws_voxels(site_with_snapshot, browser, tmp_
                        'r => requestAnimationFrame(() => requestAnimationFrame(r))))')
         shot = tmp_path/'snapshot.png'
         share = poll_pixels(lambda p: frame_el.screenshot(path=p), shot, page=page)
+        page.screenshot(path=str(tmp_path/'page.png'))
     assert share > 0.03, f'only {share:.2%} of the embedded snapshot is not background: no voxels drawn ({shot})'
     assert not errors, errors
     assert not browser.outside, browser.outside
-
-
-TINY_NOTEBOOK = {
-    'cells': [{'cell_type': 'code', 'execution_count': None, 'id': 'k3d-live', 'metadata': {}, 'outputs': [], 'source': [
-        'import numpy as np\n',
-        'from sparse3d.viz import show_voxels\n',
-        'g = np.zeros((16, 16, 16), np.float32)\n',
-        'g[3:13, 5:8, 3:13] = 1; g[3:5, :5, 3:5] = g[11:13, :5, 3:5] = g[3:5, :5, 11:13] = g[11:13, :5, 11:13] = 1\n',
-        'g[3:13, 8:15, 3:5] = 1\n',
-        'show_voxels(g, menu_visibility=False, axes_helper=0)']}],
-    'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}},
-    'nbformat': 4, 'nbformat_minor': 5}
-
-
-def dismiss_dialogs(page, seconds=6):
-    "Dismiss (never accept: 'Build' would rebuild JupyterLab) the dialogs JupyterLab may open at start; their texts"
-    seen, t0 = [], time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        d = page.locator('.jp-Dialog')
-        if d.count():
-            seen.append(d.first.inner_text()[:200])
-            reject = d.first.locator('.jp-Dialog-button.jp-mod-reject')
-            if reject.count(): reject.first.click()
-            else: page.keyboard.press('Escape')
-        page.wait_for_timeout(400)
-    return seen
-
-
-@pytest.mark.browser
-@pytest.mark.timeout(420)
-def test_jupyterlab_live_k3d_widget_draws(browser, tmp_path):
-    "JupyterLab on loopback runs a cell whose live k3d widget (show_voxels) draws voxels"
-    jupyter = Path(PY).parent/'jupyter'
-    if not jupyter.exists(): pytest.skip(f'no {jupyter} (pip install jupyterlab)')
-    work = tmp_path/'lab'
-    work.mkdir()
-    (work/'tiny.ipynb').write_text(json.dumps(TINY_NOTEBOOK), encoding='utf-8')
-    port, token = free_port(), secrets.token_hex(16)
-    env = {**os.environ, 'JUPYTER_RUNTIME_DIR': str(tmp_path/'runtime'), 'JUPYTERLAB_WORKSPACES_DIR': str(tmp_path/'workspaces'),
-           'JUPYTERLAB_SETTINGS_DIR': str(tmp_path/'settings'), 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
-    cmd = [str(jupyter), 'lab', '--no-browser', '--allow-root', f'--port={port}', '--ServerApp.ip=127.0.0.1',
-           f'--ServerApp.token={token}', '--ServerApp.port_retries=0', f'--ServerApp.root_dir={work}',
-           '--LabApp.news_url=', '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate']
-    log = open(tmp_path/'lab.log', 'w')
-    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    shot = tmp_path/'widget.png'
-    try:
-        wait_http(f'http://127.0.0.1:{port}/api/status?token={token}', proc, 90)
-        page = browser.new_page()
-        errors = watch(page)
-        page.goto(f'http://127.0.0.1:{port}/lab/tree/tiny.ipynb?token={token}', wait_until='load')
-        page.locator('.jp-Notebook .jp-Cell').first.wait_for(state='visible', timeout=120_000)
-        dialogs = dismiss_dialogs(page)
-        page.locator('.jp-Notebook .jp-Cell .jp-InputArea-editor').first.click()
-        page.keyboard.press('Shift+Enter')
-        canvas = page.locator('.jp-OutputArea-output canvas').first
-        canvas.wait_for(state='attached', timeout=120_000)
-        out = page.locator('.jp-Cell .jp-OutputArea-output').first
-        out.scroll_into_view_if_needed()
-        share = poll_pixels(lambda p: out.screenshot(path=p), shot, tries=80, page=page)
-        page.screenshot(path=str(tmp_path/'lab.png'))
-        lab_errors = [e for e in errors if 'favicon' not in e]
-    finally:
-        stop(proc)
-        log.close()
-    assert share > 0.03, (f'only {share:.2%} of the widget output is not background: the k3d widget drew no voxels ({shot}); '
-                          f'lab log: {(tmp_path/"lab.log").read_text()[-1500:]}')
-    assert not browser.outside, f'JupyterLab asked the web for {browser.outside}'
-    assert not [e for e in lab_errors if 'k3d' in e.lower() or 'widget' in e.lower()], lab_errors

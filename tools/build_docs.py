@@ -14,7 +14,9 @@ between symbols), and gives Quarto's half to Sphinx with MyST-NB and the Furo th
    -> `remove-output`, `include: false` -> the cell is dropped; `output: asis` markdown, such as the
    API sections, becomes page markdown), `#|` lines are removed from the code shown, links between
    notebooks become links between pages, and each page is written as `<name>.ipynb` (the name nbdev's
-   symbol index links to: `00_config.ipynb` -> `config.html`) under `_proc/sphinx/`.
+   symbol index links to: `00_config.ipynb` -> `config.html`) under `_proc/sphinx/`. nbdev's symbol
+   links point at `page.html#name` or `#class.method`: what has no show_doc heading (private helpers,
+   methods, @patch methods) gets that anchor where it is defined, or at its class's heading.
 3. `sphinx-build` renders them (execution off: saved outputs only) with `tools/docs/conf.py` into
    `_docs/`, with Sphinx's own offline search.
 4. k3d snapshots (sparse3d.viz.save_snapshot: self-contained pages, k3d inlined) are made here and
@@ -22,10 +24,13 @@ between symbols), and gives Quarto's half to Sphinx with MyST-NB and the Furo th
    `<!-- k3d-snapshot: NAME -->`, which becomes an <iframe> on the page.
 5. Links to the published site (`doc_host` + `doc_baseurl` of settings.ini, which nbdev's symbol links
    use) are made relative, so the site works from any folder or local server, offline.
+6. The pages are polished (tables marked up to fit any width, see tools/docs/_static/sparse3d.css; an id
+   only once per page, which Sphinx's search needs; pictures sized) and checked: nothing is loaded from
+   the web, and every link between pages leads to a page and to an anchor on it (else the build fails).
 
 usage: python tools/build_docs.py [--out _docs] [--only 00_config ...] [--strict] [--quiet] [--stage DIR] [--summary FILE]
 """
-import argparse, ast, configparser, hashlib, json, os, re, shutil, subprocess, sys, time, warnings
+import argparse, ast, base64, configparser, hashlib, json, os, re, shutil, subprocess, sys, time, warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,6 +182,20 @@ def _local(nb: Path, target: str):
     return None
 
 
+def _section_id(heading: str) -> str:
+    "The id Sphinx gives the section of a heading (docutils' make_id: `Camera` -> camera, `load_config` -> load-config)"
+    from docutils.nodes import make_id
+    return make_id(heading)
+
+
+def _sd_heading(m) -> str:
+    "A show_doc heading with nbdev's anchor (`#load_config`) before it, unless its section already has that id: two"
+    "elements with one id would make the search page take the empty anchor for the section, and fail on it"
+    anchor = m[2].lower()
+    mark = '' if _section_id(m[2]) == anchor else f'<a id="{anchor}" class="sd-anchor"></a>\n\n'
+    return f'{mark}{m[1]} {m[2]}'
+
+
 def _fix_markdown(md: str, nb: Path, page: str, site: dict, media: Path = None, included=None) -> str:
     "Quarto-only syntax out; show_doc headings get nbdev's anchors; local pictures copied beside the pages; links between notebooks become links between pages"
     def image(m):
@@ -188,7 +207,7 @@ def _fix_markdown(md: str, nb: Path, page: str, site: dict, media: Path = None, 
         return f'{m[1]}{"../" * page.count("/")}{media.name}/{dst.name}{m[3]}'
     md = re.sub(r'(!\[[^\]]*\]\()([^)\s]+)(\))', image, md)
     md = _QUARTO_ATTRS.sub(lambda m: f'<a href="{m[2]}" class="sd-source">{m[1]}</a>' if m[1] == 'source' else f'[{m[1]}]({m[2]})', md)
-    md = _SD_HEADING.sub(lambda m: f'<a id="{m[2].lower()}" class="sd-anchor"></a>\n\n{m[1]} {m[2]}', md)
+    md = _SD_HEADING.sub(_sd_heading, md)
     depth = page.count('/')
 
     def link(m):
@@ -231,15 +250,77 @@ def _clean_outputs(outs) -> list:
     return res
 
 
+_EXPORT_DIRECTIVE = re.compile(r'^\s*#\|\s*export[is]?\b', re.MULTILINE)
+
+
+def _patched_classes(fn) -> list:
+    "The classes a fastcore `@patch` function is added to (its first argument's annotation: `A` or `A|B` or `(A, B)`)"
+    deco = lambda d: getattr(d.func if isinstance(d, ast.Call) else d, 'id', getattr(getattr(d, 'func', d), 'attr', None))
+    if not any(deco(d) == 'patch' for d in fn.decorator_list) or not fn.args.args: return []
+    ann = fn.args.args[0].annotation
+    parts = ann.elts if isinstance(ann, ast.Tuple) else [ann.left, ann.right] if isinstance(ann, ast.BinOp) else [ann]
+    return [p.id for p in parts if isinstance(p, ast.Name)]
+
+
+def defined_anchors(src: str) -> list:
+    "nbdev's anchors (lower case) of what a cell defines: `name` of functions and classes, `class.method` of methods"
+    src = re.sub(r'^[ \t]*[%!].*$', '', src, flags=re.MULTILINE)
+    try: tree = ast.parse(src)
+    except SyntaxError: return []
+    names = []
+    for n in tree.body:
+        if isinstance(n, ast.ClassDef):
+            names += [n.name] + [f'{n.name}.{m.name}' for m in n.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names += [f'{c}.{n.name}' for c in _patched_classes(n)] or [n.name]
+    return [x.lower() for x in names]
+
+
+def _anchor_missing(cells: list):
+    "Fill the anchor cells (marked `anchors_`) with the anchors the page lacks (a method's goes to its class's heading)"
+    md = [c for c in cells if c['cell_type'] == 'markdown' and 'anchors_' not in c]
+    have = {a for c in md for a in re.findall(r'\bid="([^"]+)"', c['source'])}
+    headings = {}                                            # section id -> the markdown cell of its heading
+    for c in md:
+        for h in re.findall(r'^#{1,6} (.+?)\s*$', c['source'], re.MULTILINE): headings.setdefault(_section_id(h), c)
+    have |= set(headings)                                    # a section is its own anchor (never a second element)
+    keep = []
+    for c in cells:
+        if 'anchors_' in c:
+            ids = []
+            for a in dict.fromkeys(c.pop('anchors_')):
+                if a in have: continue
+                have.add(a)
+                cls = a.split('.')[0] if '.' in a else None
+                owner = headings.get(_section_id(cls)) if cls else None
+                if owner is None: ids.append(a); continue
+                heading = re.compile(r'^(#{3,5} )' + re.escape(cls) + r'\s*$', re.MULTILINE | re.IGNORECASE)
+                owner['source'] = heading.sub(lambda m: f'<a id="{a}" class="sd-anchor"></a>\n\n{m[0]}', owner['source'], count=1)
+            if not ids: continue
+            c['source'] = ''.join(f'<a id="{a}" class="sd-anchor"></a>' for a in ids)
+        keep.append(c)
+    cells[:] = keep
+
+
 def process_notebook(nb_path: Path, site: dict, wanted: set, media: Path = None, included=None) -> tuple:
     "(page name, title, nbformat dict) of notebook `nb_path` as the docs show it"
     from execnb.nbio import read_nb
     nb = read_nb(nb_path)
     nb.path_ = str(nb_path)
+    # nbdev's symbol links point at `page.html#name` (or `#class.method`); show_doc headings make those anchors,
+    # but not for what has no show_doc (private helpers, methods): those get one where the code is defined
+    order = [c.get('id') for c in nb.cells]
+    defs = {c.get('id'): defined_anchors(_DIRECTIVE.sub('', c.source)) for c in nb.cells
+            if c.cell_type == 'code' and _EXPORT_DIRECTIVE.search(c.source or '')}
     cwd = Path.cwd()
     os.chdir(nb_path.parent)                                   # as nbdev does: relative paths in exported cells
     try: _processors()(nb)
     finally: os.chdir(cwd)
+    # the processors drop `#| export` cells: their anchors go before the next cell of the notebook still shown
+    alive, anchors_at, pending = {c.get('id') for c in nb.cells}, {}, []
+    for cid in order:
+        pending += defs.get(cid, [])
+        if cid in alive and pending: anchors_at[cid], pending = pending, []
     # nbdev inserts the show_doc cells of an exported cell one by one after it, so they come out in reverse:
     # put each run of them back in the order the names are defined
     i = 0
@@ -255,6 +336,7 @@ def process_notebook(nb_path: Path, site: dict, wanted: set, media: Path = None,
     if fm.get('description'): head += f'\n```{{container}} description\n{fm["description"]}\n```\n'
     cells = [dict(cell_type='markdown', metadata={}, source=head)]
     for c in nb.cells:
+        if c.get('id') in anchors_at: cells.append(dict(cell_type='markdown', metadata={}, source='', anchors_=anchors_at[c.get('id')]))
         if c.cell_type == 'raw' or c.get('source') is None: continue
         opts = _options(c)
         if opts.get('include') is False: continue
@@ -277,6 +359,8 @@ def process_notebook(nb_path: Path, site: dict, wanted: set, media: Path = None,
         if not src and not outs: continue
         if not src and 'remove-input' not in tags: tags.append('remove-input')
         cells.append(dict(cell_type='code', metadata={'tags': tags} if tags else {}, source=src, outputs=outs, execution_count=None))
+    if pending: cells.append(dict(cell_type='markdown', metadata={}, source='', anchors_=pending))
+    _anchor_missing(cells)
     doc = dict(cells=cells, nbformat=4, nbformat_minor=5,
                metadata=dict(kernelspec=dict(name='python3', display_name='Python 3', language='python'),
                              language_info=dict(name='python')))
@@ -408,6 +492,9 @@ def make_snapshots(names, dst: Path, cache: Path, quiet=False):
     from sparse3d.viz import save_snapshot
     key_src = Path(__file__).read_bytes() + (ROOT/'sparse3d'/'viz.py').read_bytes() + f'{k3d.__version__} {sparse3d.__version__}'.encode()
     key = hashlib.sha256(key_src).hexdigest()[:16]
+    # the site's favicon, inlined: a snapshot opened on its own ("Open full size", or saved) stays self-contained
+    icon = 'data:image/svg+xml;base64,' + base64.b64encode((CONF_DIR/'_static'/'favicon.svg').read_bytes()).decode()
+    project = settings()['lib_name']
     dst.mkdir(parents=True, exist_ok=True)
     for name in sorted(names):
         if name not in SNAPSHOTS: raise DocsError(f'a notebook asks for k3d snapshot {name!r}; known: {", ".join(SNAPSHOTS)} (tools/build_docs.py)')
@@ -416,7 +503,7 @@ def make_snapshots(names, dst: Path, cache: Path, quiet=False):
             t0 = time.perf_counter()
             cache.mkdir(parents=True, exist_ok=True)
             for old in cache.glob(f'{name}-*.html'): old.unlink()
-            save_snapshot(SNAPSHOTS[name][0](), cached)
+            save_snapshot(SNAPSHOTS[name][0](), cached, title=f'{SNAPSHOTS[name][1]} - {project}', icon=icon)
             if not quiet: print(f'  k3d snapshot {name} ({time.perf_counter() - t0:.1f} s)', flush=True)
         shutil.copyfile(cached, dst/f'{name}.html')
 
@@ -440,10 +527,84 @@ def relative_site_links(out: Path, site: dict):
         def fix(m):
             target = m[2] or 'index.html'
             if target.startswith('#'): target = 'index.html' + target
+            if not (out/target.split('#')[0]).is_file(): return m[0]     # a page this (partial) build lacks: the published one
             return f'{m[1]}{rel}{target}{m[3]}'
         html = pat.sub(fix, html)
         html = html.replace('class="reference external" href="' + rel, 'class="reference internal" href="' + rel)
         f.write_text(html, encoding='utf-8')
+
+
+_TABLE = re.compile(r'<table class="docutils[^"]*"[^>]*>.*?</table>', re.S)
+_CODE = re.compile(r'(<code class="docutils literal[^"]*)("[^>]*>)(.*?)(</code>)', re.S)
+LONG_CODE = 20          # characters: a name in a table cell longer than this may break, after _ . / only
+
+
+def _text(html: str) -> str:
+    import html as h
+    return h.unescape(re.sub(r'<[^>]+>', '', html)).strip()
+
+
+def _polish_table(table: str) -> str:
+    "A table that fits its column: header labels on the cells (for the phone layout), long names breakable after _ . /"
+    heads = [_text(h) for h in re.findall(r'<th\b[^>]*>(.*?)</th>', table.split('</thead>')[0], re.S)] if '<thead' in table else []
+    def code(m):
+        if len(_text(m[3])) <= LONG_CODE: return m[0]
+        inner = re.sub(r'(?<=>)([^<]+)', lambda t: re.sub(r'([_./])(?=\w)', r'\1<wbr>', t[1]), m[3])
+        return f'{m[1]} long{m[2]}{inner}{m[4]}'
+    def row(m):
+        cells = iter(heads)
+        return re.sub(r'<td\b', lambda _: f'<td data-label="{next(cells, "")}"', m[0])
+    import html as h
+    heads = [h.escape(x, quote=True) for x in heads]
+    if '<tbody' in table and len(heads) >= 3:
+        table = table.replace('<table class="docutils', '<table class="docutils stack', 1)
+        head, body = table.split('<tbody', 1)
+        table = head + '<tbody' + re.sub(r'<tr\b.*?</tr>', row, body, flags=re.S)
+    table = _CODE.sub(code, table)
+    # a long run of prose without spaces ("missing/non-cubic/huge/NaN") may break after / or _ too
+    long_word = lambda t: re.sub(r'\S{%d,}' % (LONG_CODE + 1), lambda w: re.sub(r'([/_])(?=\w)', r'\1<wbr>', w[0]), t[0])
+    return re.sub(r'(<code\b.*?</code>)|(?<=>)[^<]+', lambda m: m[1] or long_word(m), table, flags=re.S)
+
+
+_SD_ANCHOR = re.compile(r'<a id="([^"]+)" class="sd-anchor"></a>')
+
+
+def _drop_duplicate_anchors(html: str) -> str:
+    "Remove the nbdev anchors (`sd-anchor`) whose id another element of the page already has (MyST gives `load_config`"
+    "a target of its own): one id, one element, else the search page takes an empty anchor for a section and fails"
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    twice = {i for i in ids if ids.count(i) > 1} if len(ids) != len(set(ids)) else set()
+    if not twice: return html
+    html = _SD_ANCHOR.sub(lambda m: '' if m[1] in twice else m[0], html)
+    return re.sub(r'<p>\s*</p>\n?', '', html)
+
+
+def _sized_images(html: str, page: Path) -> str:
+    "Pictures with their width and height: the page keeps its layout while they load, so a link to an anchor below"
+    "one lands on the anchor (without them, the browser scrolls, then the pictures push the anchor down)"
+    from PIL import Image
+    def size(m):
+        src = re.search(r'\bsrc="([^"]+)"', m[0])
+        f = (page.parent/src[1]).resolve() if src and not re.match(r'^[a-z][\w+.-]*:', src[1]) else None
+        if f is None or not f.is_file() or re.search(r'\b(width|height)=', m[0]): return m[0]
+        try:
+            with Image.open(f) as im: w, h = im.size
+        except Exception: return m[0]                       # not a picture PIL reads (SVG): left as it is
+        return m[0].replace('<img ', f'<img width="{w}" height="{h}" ', 1)
+    return re.sub(r'<img\b[^>]*>', size, html)
+
+
+def polish_pages(out: Path) -> int:
+    "Every page: tables that fit (sparse3d.css, `_polish_table`), no id twice, pictures sized; the number of tables"
+    n = 0
+    for f in out.rglob('*.html'):
+        if '_static' in f.relative_to(out).parts: continue
+        html = f.read_text(encoding='utf-8')
+        new, k = _TABLE.subn(lambda m: _polish_table(m[0]), html)
+        new = _sized_images(_drop_duplicate_anchors(new), f)
+        if new != html: f.write_text(new, encoding='utf-8')
+        n += k
+    return n
 
 
 def check_offline(out: Path) -> list:
@@ -454,6 +615,25 @@ def check_offline(out: Path) -> list:
         for m in pat.finditer(f.read_text(encoding='utf-8', errors='replace')):
             if m[1].lower() == 'link' and re.search(r'rel=["\']?(canonical|alternate)', m[0]): continue
             bad.append(f'{f.relative_to(out)}: <{m[1]} {m[2]}="{m[3]}">')
+    return bad
+
+
+def check_links(out: Path) -> list:
+    "Links between the pages of `out` that lead nowhere: to a file that is missing, or to an anchor the page lacks"
+    from urllib.parse import unquote, urlsplit
+    out = Path(out).resolve()
+    pages = [p for p in out.rglob('*.html') if '_static' not in p.relative_to(out).parts]
+    text = {p: p.read_text(encoding='utf-8', errors='replace') for p in pages}
+    ids = {p: set(re.findall(r'\b(?:id|name)="([^"]+)"', h)) for p, h in text.items()}
+    bad = []
+    for p, h in text.items():
+        for href in dict.fromkeys(re.findall(r'<a\b[^>]*?\bhref="([^"]*)"', h)):
+            if re.match(r'^[a-z][\w+.-]*:', href) or href.startswith('//'): continue     # the web (checked offline elsewhere)
+            u = urlsplit(href)
+            target = (p.parent/unquote(u.path)).resolve() if u.path else p
+            if not target.exists(): bad.append(f'{p.relative_to(out)}: {href} (no such file)')
+            elif u.fragment and target in ids and unquote(u.fragment) not in ids[target]:
+                bad.append(f'{p.relative_to(out)}: {href} (no anchor #{unquote(u.fragment)} on {target.relative_to(out)})')
     return bad
 
 
@@ -486,9 +666,12 @@ def build(out=OUT, only=None, strict=False, quiet=False, stage_dir=None) -> dict
     shutil.copytree(html, out, ignore=shutil.ignore_patterns('_sources', '.buildinfo', '.buildinfo.bak'))
     make_snapshots(wanted, out/'_static'/'k3d', stage_dir.parent/'k3d-cache', quiet)
     relative_site_links(out, site)
+    polish_pages(out)
     (out/'.nojekyll').touch()                                  # GitHub Pages: serve _static/ as it is
     bad = check_offline(out)
     if bad: raise DocsError('pages that need the internet:\n  ' + '\n  '.join(bad))
+    bad = check_links(out)
+    if bad: raise DocsError('links that lead nowhere (a missing page, or an anchor the page lacks):\n  ' + '\n  '.join(bad))
     pages = sorted(str(p.relative_to(out)) for p in out.rglob('*.html') if '_static' not in p.parts and p.name not in ('genindex.html', 'search.html'))
     secs = time.perf_counter() - t0
     if not quiet: print(f'{len(pages)} pages, {len(wanted)} k3d snapshots, {len(warns)} warnings in {secs:.0f} s: open {out/"index.html"}')
