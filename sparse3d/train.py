@@ -29,15 +29,18 @@ from .data import MultiViewDataset, make_loader, POSE_DIM
 from .model import VAEGAN, VAEOutput, reparameterize, pose_frame, decode_in_frame, refine_logits, model_inputs
 from .losses import vae_gan_loss, discriminator_loss
 
+# %% ../nbs/08_train.ipynb #a626aabd
+from .config import cli_errors, quoted      # one-line errors and exit codes of the command; input shown safely
+
 # %% ../nbs/08_train.ipynb #fc271f95
 def resolve_device(spec='auto') -> torch.device:
     "The torch device for config value `spec` ('auto', 'cpu', 'cuda', 'cuda:N')"
     if spec == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     if spec.startswith('cuda'):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device '{spec}' was asked for, but PyTorch sees no CUDA GPU here. Use --device cpu (or auto).")
+            raise ConfigError(f"device {quoted(spec)} was asked for, but PyTorch sees no CUDA GPU here. Use --device cpu (or auto).")
         if ':' in spec and int(spec.split(':')[1]) >= torch.cuda.device_count():
-            raise ConfigError(f"device '{spec}' does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
+            raise ConfigError(f"device {quoted(spec)} does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
     return torch.device(spec)
 
 def seed_everything(seed: int):
@@ -78,30 +81,30 @@ def load_checkpoint(path, map_location='cpu') -> dict:
     path = Path(path)
     if not path.is_file():
         have = sorted(p.name for p in path.parent.glob('*.pt')) if path.parent.is_dir() else []
-        raise CheckpointError(f"{path}: checkpoint not found. {'This folder has: ' + ', '.join(have) if have else 'No checkpoints in that folder.'}")
+        raise CheckpointError(f"{quoted(path)}: checkpoint not found. {'This folder has: ' + quoted(have, 200) if have else 'No checkpoints in that folder.'}")
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if 'GLOBAL' in str(e):                       # the unpickler met a reference to Python code
-            raise CheckpointError(f"{path}: refused: this file holds Python objects that could run code when loaded, and sparse3d "
+            raise CheckpointError(f"{quoted(path)}: refused: this file holds Python objects that could run code when loaded, and sparse3d "
                                   "only loads checkpoints with weights_only=True. Use a checkpoint written by sparse3d.") from None
         if 'Weights only load failed' in str(e) or 'weights_only' in str(e):   # not PyTorch's zip format: garbage or a raw pickle
-            raise CheckpointError(f"{path}: refused: not a PyTorch checkpoint that can be loaded safely (corrupt, another kind of "
+            raise CheckpointError(f"{quoted(path)}: refused: not a PyTorch checkpoint that can be loaded safely (corrupt, another kind of "
                                   "file, or a raw pickle, which could run code). Use a checkpoint written by sparse3d.") from None
-        raise CheckpointError(f"{path}: corrupt checkpoint ({e}). Re-create it, or resume from another (epoch_N.pt).") from None
+        raise CheckpointError(f"{quoted(path)}: corrupt checkpoint ({e}). Re-create it, or resume from another (epoch_N.pt).") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({str(e).splitlines()[0][:120]}). "
+        raise CheckpointError(f"{quoted(path)}: corrupt or truncated checkpoint ({str(e).splitlines()[0][:120]}). "
                               "Re-create it, or resume from another (epoch_N.pt).") from None
     if not isinstance(ck, dict) or any(k not in ck for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(ck, dict) or k not in ck]
-        raise CheckpointError(f"{path}: not a sparse3d checkpoint (missing {', '.join(missing)}).")
+        raise CheckpointError(f"{quoted(path)}: not a sparse3d checkpoint (missing {', '.join(missing)}).")
     if ck['format'] != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {ck['format']}, this sparse3d reads format {CHECKPOINT_FORMAT}.")
+        raise CheckpointError(f"{quoted(path)}: checkpoint format {quoted(ck['format'])}, this sparse3d reads format {CHECKPOINT_FORMAT}.")
     return ck
 
 def checkpoint_config(ck, path='checkpoint') -> Config:
     "The `Config` a checkpoint was trained with"
     try: return load_config(None, **ck['config'])
-    except ConfigError as e: raise CheckpointError(f"{path}: its config is not valid here ({e}).") from None
+    except ConfigError as e: raise CheckpointError(f"{quoted(Path(path))}: its config is not valid here ({e}).") from None
 
 # %% ../nbs/08_train.ipynb #af16fac1
 def load_model_weights(model: VAEGAN, ck: dict, path='checkpoint'):
@@ -110,11 +113,11 @@ def load_model_weights(model: VAEGAN, ck: dict, path='checkpoint'):
     diff = {k: (cfg.get(k), getattr(model.cfg, k)) for k in ARCH_KEYS if cfg.get(k) != getattr(model.cfg, k)}
     if ck.get('pose_dim', POSE_DIM) != POSE_DIM: diff['pose_dim'] = (ck.get('pose_dim'), POSE_DIM)
     if diff:
-        raise CheckpointError(f"{path}: made for another architecture: " + ', '.join(f"{k}={a} in the checkpoint, {b} here" for k, (a, b) in diff.items())
+        raise CheckpointError(f"{quoted(Path(path))}: made for another architecture: " + ', '.join(f"{k}={quoted(a)} in the checkpoint, {quoted(b)} here" for k, (a, b) in diff.items())
                               + ". Use the checkpoint's config, or train a new model.")
     try: model.load_state_dict(ck['model'])
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit this model ({str(e).splitlines()[1][:150] if len(str(e).splitlines()) > 1 else e}). "
+        raise CheckpointError(f"{quoted(Path(path))}: weights do not fit this model ({str(e).splitlines()[1][:150] if len(str(e).splitlines()) > 1 else e}). "
                               "It was written by another version of sparse3d; train a new model.") from None
 
 # %% ../nbs/08_train.ipynb #27fa1577
@@ -287,7 +290,7 @@ def _restore(state: TrainState, ck: dict, path):
     load_model_weights(state.model, ck, path)
     try:
         state.opt_eg.load_state_dict(ck['opt_eg']); state.opt_d.load_state_dict(ck['opt_d']); state.scaler.load_state_dict(ck['scaler'])
-    except (KeyError, ValueError, RuntimeError) as e: raise CheckpointError(f"{path}: optimiser state does not fit ({e}).") from None
+    except (KeyError, ValueError, RuntimeError) as e: raise CheckpointError(f"{quoted(Path(path))}: optimiser state does not fit ({e}).") from None
     set_rng_state(ck['rng'])
     state.epoch, state.step, state.history = int(ck['epoch']), int(ck['step']), list(ck['history'])
     state.best_iou, state.threshold = float(ck.get('best_iou', -1)), float(ck.get('threshold', 0.5))
@@ -319,9 +322,9 @@ def _datasets(cfg: Config, input_dir, category):
               voxel_frame=cfg.voxel_frame, image_size=cfg.image_size)
     train, val = MultiViewDataset(input_dir, 'train', **kw), MultiViewDataset(input_dir, 'val', train=False, **kw)
     if train.D != cfg.cube_len:
-        raise ConfigError(f"{train.dir}: the data are packed at cube_len {train.D}, the config asks for {cfg.cube_len}. "
+        raise ConfigError(f"{quoted(train.dir)}: the data are packed at cube_len {train.D}, the config asks for {cfg.cube_len}. "
                           f"Set cube_len: {train.D}, or re-run sparse3d_preprocess with --cube_len {cfg.cube_len}.")
-    if len(train) == 0: raise ConfigError(f"{train.dir}: the train split is empty.")
+    if len(train) == 0: raise ConfigError(f"{quoted(train.dir)}: the train split is empty.")
     return train, val
 
 # %% ../nbs/08_train.ipynb #891c47b9
@@ -331,7 +334,7 @@ def fit(cfg: Config, input_dir, output_dir=None, resume=False, start_epoch=None,
     out = Path(output_dir) if output_dir else None
     ckdir = out/'checkpoints' if out else None
     if out and not (resume or start_epoch) and (ckdir/'latest.pt').exists():
-        raise ConfigError(f"{out}: already holds a run (checkpoints/latest.pt). Pass --resume to continue it, "
+        raise ConfigError(f"{quoted(out)}: already holds a run (checkpoints/latest.pt). Pass --resume to continue it, "
                           "--start_epoch N to restart from epoch_N.pt, or choose a new --output_dir.")
     if (resume or start_epoch) and not out: raise ConfigError("resuming needs the output_dir of the run.")
     rank, ws, dev = dist_setup(cfg.device)
@@ -366,7 +369,7 @@ def fit(cfg: Config, input_dir, output_dir=None, resume=False, start_epoch=None,
             save_config(cfg, out/'config.yaml')
             _write_metrics(out, state.history)
         except OSError as e:
-            raise OutputError(f"{out}: cannot write the run's folder ({e.strerror or e}). Choose another --output_dir, "
+            raise OutputError(f"{quoted(out)}: cannot write the run's folder ({e.strerror or e}). Choose another --output_dir, "
                               "or free space / fix permissions.") from None
     _call(callbacks, 'before_fit', state)
     try:
@@ -452,7 +455,7 @@ def run_summary(output_dir, rows=10) -> str:
     "A few lines of a run's `metrics.jsonl` (about `rows` epochs, always the last) and where its files are"
     out = Path(output_dir)
     try: hist = [json.loads(l) for l in (out/'metrics.jsonl').read_text().splitlines() if l.strip()]
-    except FileNotFoundError: raise ConfigError(f"{out}: no metrics.jsonl here; is this a training output_dir?") from None
+    except FileNotFoundError: raise ConfigError(f"{quoted(out)}: no metrics.jsonl here; is this a training output_dir?") from None
     picked = hist[::max(1, len(hist) // rows)]
     if hist and picked[-1] is not hist[-1]: picked.append(hist[-1])
     lines = [f"epoch {h['epoch']:4d}  loss {h.get('loss_total', float('nan')):9.3f}  val IoU {h.get('val_iou_best', float('nan')):.3f}"
@@ -514,18 +517,17 @@ def train_cli(config:str=None, # YAML config (default: the reference config; whe
               category:str='chair'): # category in the processed root
     "Train the multi-view 3D-VAE-GAN on a processed CO3D-format root"
     try:
-        if input_dir is None or output_dir is None: raise ConfigError("--input_dir and --output_dir are required.")
-        cfg = _train_config(config, output_dir, resume, start_epoch, batch_size=batch_size, num_views=num_views,
-                            combine_type=combine_type, use_pose=use_pose, n_epochs=n_epochs, device=device, seed=seed, workers=workers)
-        st = fit(cfg, input_dir, output_dir, resume=resume, start_epoch=start_epoch, category=category)
-        if st.world_size > 1:
-            same = replicas_identical(st.model)
-            if st.is_main: print(f"{st.world_size} processes: replicas identical: {same}")
-            if not same: raise Sparse3DError("the processes ended with different weights; please report this as a bug.")
-        if st.is_main:
-            h = st.history[-1] if st.history else {}
-            print(f"done: {st.epoch} epochs, val IoU {h.get('val_iou_best', float('nan')):.3f} at threshold {st.threshold:.2f}; "
-                  f"checkpoints in {Path(output_dir)/'checkpoints'}")
-    except Sparse3DError as e:
-        sys.exit(f"error: {e}")
+        with cli_errors('sparse3d_train'):
+            if input_dir is None or output_dir is None: raise ConfigError("--input_dir and --output_dir are required.")
+            cfg = _train_config(config, output_dir, resume, start_epoch, batch_size=batch_size, num_views=num_views,
+                                combine_type=combine_type, use_pose=use_pose, n_epochs=n_epochs, device=device, seed=seed, workers=workers)
+            st = fit(cfg, input_dir, output_dir, resume=resume, start_epoch=start_epoch, category=category)
+            if st.world_size > 1:
+                same = replicas_identical(st.model)
+                if st.is_main: print(f"{st.world_size} processes: replicas identical: {same}")
+                if not same: raise Sparse3DError("the processes ended with different weights; please report this as a bug.")
+            if st.is_main:
+                h = st.history[-1] if st.history else {}
+                print(f"done: {st.epoch} epochs, val IoU {h.get('val_iou_best', float('nan')):.3f} at threshold {st.threshold:.2f}; "
+                      f"checkpoints in {Path(output_dir)/'checkpoints'}")
     finally: shutdown_distributed()
