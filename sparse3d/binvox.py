@@ -126,7 +126,9 @@ def _split_header(raw: bytes, source):
 def read_binvox(path) -> VoxelGrid:
     "The `VoxelGrid` stored in the `.binvox` file `path`, indexed `[x, y, z]`"
     path = Path(path)
-    if path.exists() and not path.is_file():           # a FIFO or a device would block the run forever
+    try: special = path.exists() and not path.is_file()      # a FIFO or a device would block the run forever
+    except OSError as e: raise DataError(f"{quoted(path)}: cannot read this voxel file ({e.strerror or e}).") from None
+    if special:
         raise DataError(f"{quoted(path)}: is {'a folder' if path.is_dir() else 'not a regular file'}, expected a .binvox file.")
     try: raw = path.read_bytes()
     except FileNotFoundError: raise DataError(f"{quoted(path)}: voxel file not found. Check the path, or re-run preprocessing.") from None

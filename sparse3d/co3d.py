@@ -480,7 +480,9 @@ class Co3dCategory:
     def __init__(self, root, category):
         self.root, self.category = Path(root), category
         folder = self.root/category
-        if not folder.is_dir():
+        try: found = folder.is_dir()
+        except OSError: found = False                 # e.g. a name longer than the file system allows
+        if not found:
             raise DataError(f"{quoted(folder)}: category {quoted(category)} not found under the dataset root; it has {quoted(list_categories(self.root))}.")
         seqs = {s.sequence_name: s for s in load_sequence_annotations(folder/'sequence_annotations.jgz')}
         frames = {}

@@ -1,5 +1,30 @@
-"Shared pytest set-up: markers that match the notebooks' tst_flags (slow, browser, cuda)."
+"Shared pytest set-up: markers that match the notebooks' tst_flags (slow, browser, cuda), hypothesis profiles."
+import os, subprocess, sys
+from pathlib import Path
+
 import pytest
+from hypothesis import HealthCheck, settings
+
+# --- hypothesis: the same cases on every run by default, fresh random ones on demand -------------------------------
+# `sparse3d` (loaded here, so `make test`, `make faults` and CI use it): derandomized, so a failure is met again on
+# the next run and on every machine with the same hypothesis version; no example database (the tree stays clean);
+# a failure prints its example and the `@reproduce_failure` blob that replays it.
+# `explore` (`make faults-explore`, or `pytest --hypothesis-profile explore`): random cases, and each fuzz test of
+# tests/test_faults_inputs.py draws `EXPLORE_SCALE` times more of them. Turn what it finds into an `@example`.
+FUZZ_HEALTH = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large,
+               HealthCheck.filter_too_much]
+EXPLORE_SCALE = 10
+settings.register_profile('sparse3d', derandomize=True, database=None, print_blob=True, deadline=None,
+                          suppress_health_check=FUZZ_HEALTH)
+settings.register_profile('explore', derandomize=False, database=None, print_blob=True, deadline=None,
+                          suppress_health_check=FUZZ_HEALTH)
+settings.load_profile('sparse3d')
+
+
+def examples_scale() -> int:
+    "How many times its own number of examples a fuzz test draws: 1 in the reproducible profile, more when exploring"
+    return 1 if settings.default.derandomize else EXPLORE_SCALE
+
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: takes more than a few seconds; run by `make test-all`')
@@ -20,8 +45,7 @@ def pytest_collection_modifyitems(config, items):
 #     fault.case()          # once per case tried (hypothesis examples, kill points, ...)
 # `pytest tests/test_faults_*.py --faults-report FAULTS.md` (or SPARSE3D_FAULTS_REPORT=FAULTS.md) writes the
 # table at the end of the run; without the option nothing is written, so `make test` leaves the tree clean.
-import os, subprocess, sys, time
-from pathlib import Path
+
 
 FAULT_THEMES = ['Interruption', 'Disk', 'Inputs', 'Security', 'Numerics', 'Load']
 _FAULTS = {}          # nodeid -> record

@@ -7,40 +7,49 @@ negative sizes, paths that escape). What must hold for every case:
 - never a raw exception from deep inside a library, never a hang (pytest-timeout), never a crash.
 
 Every fuzz test exists twice: a fast one with a few dozen examples for `make test`, and a `_deep` one (marked slow)
-with ten times as many for `make test-all`. Examples are derandomized (the same cases every run) and no example
-database is written, so the tree stays clean."""
-import gzip, io, json, math, os, shutil, struct
+with ten times as many for `make test-all`. The hypothesis profile of tests/conftest.py decides how examples are
+drawn: derandomized by default (the same cases every run, a failure prints the example and its reproduction blob),
+random and ten times as many with `make faults-explore`. No example database is written, so the tree stays clean.
+A case a run once found is kept as an explicit `@example` (see `examples=` below).
+
+Every message must also be one printable line: the input it quotes goes through `sparse3d.config.quoted`, so a
+newline or an escape sequence in a file can neither forge a second line of a log nor drive the terminal."""
+import ast, gzip, json, math, os, shutil, struct
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import examples_scale
+from hypothesis import example, given, settings, strategies as st
 from PIL import Image
 
 from sparse3d.binvox import VoxelGrid, binvox_bytes, read_binvox
 from sparse3d.co3d import (Co3dCategory, frame_from_dict, load_depth, load_depth_mask, load_frame_annotations, load_image,
                            load_json, load_mask, load_pointcloud, load_sequence_annotations, load_set_list, load_subsets,
                            sequence_from_dict)
-from sparse3d.config import ConfigError, Sparse3DError, load_config
-
-FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large, HealthCheck.filter_too_much])
+from sparse3d.config import ConfigError, Sparse3DError, check_value, load_config, quoted
 
 
-def fuzz(name, strategy, check, what, fast, deep, expect='Sparse3DError naming the file, or a correct value'):
-    "Two tests of `check(ctx, x)` for `x` drawn from `strategy`: `test_<name>` (`fast` examples) and `test_<name>_deep` (slow)"
+def fuzz(name, strategy, check, what, fast, deep, expect='Sparse3DError naming the file, or a correct value', examples=()):
+    """Two tests of `check(ctx, x)` for `x` drawn from `strategy`: `test_<name>` (`fast` examples) and `test_<name>_deep`
+    (slow); both try the regressions `examples` first. The profile's settings apply (tests/conftest.py)"""
     def make(n, deep_run):
-        @settings(FUZZ, max_examples=n)
+        @settings(max_examples=n * examples_scale())
         @given(x=strategy)
         def test(fault, tmp_path, fuzz_samples, x):
             fault.describe('Inputs', what, expect)
             fault.case()
             check(SimpleNamespace(tmp=tmp_path, s=fuzz_samples), x)
+        for x in examples: test = example(x=x)(test)
         test.__name__ = test.__qualname__ = f"test_{name}{'_deep' if deep_run else ''}"
         return pytest.mark.slow(pytest.mark.timeout(1200)(test)) if deep_run else pytest.mark.timeout(180)(test)
     return make(fast, False), make(deep, True)
+
+
+def one_line(msg, limit=1500):
+    "Assert `msg` is a clear one-line message: every character printable (no newline, no escape sequence), not huge"
+    assert msg.isprintable() and len(msg) < limit, f"not a clear one-line message: {msg!r}"
 
 
 def clean(fn, path, ok=None):
@@ -50,7 +59,7 @@ def clean(fn, path, ok=None):
     except Sparse3DError as e:
         msg = str(e)
         assert str(path) in msg, f"the error does not name the file: {msg}"
-        assert '\n' not in msg and '\x1b' not in msg and len(msg) < 1500, f"not a clear one-line message: {msg!r}"
+        one_line(msg)
         return None
     if ok is not None: ok(r)
     return r
@@ -209,7 +218,8 @@ def check_frame_record(ctx, x):
     rec = mutate(ctx.s['frame'], x)
     try: f = frame_from_dict(rec, 'frame_annotations.jgz [record 7]')
     except Sparse3DError as e:
-        assert 'frame_annotations.jgz [record 7]' in str(e) and '\n' not in str(e), str(e)
+        assert 'frame_annotations.jgz [record 7]' in str(e), str(e)
+        one_line(str(e))
         return
     frame_ok(f)
 
@@ -231,6 +241,7 @@ def check_sequence_record(ctx, x):
     try: s = sequence_from_dict(rec, 'sequence_annotations.jgz [record 3]')
     except Sparse3DError as e:
         assert 'sequence_annotations.jgz [record 3]' in str(e), str(e)
+        one_line(str(e))
         return
     sequence_ok(s)
 
@@ -291,7 +302,8 @@ set_lists = st.one_of(garbage, json_values, st.dictionaries(st.sampled_from(['tr
 test_set_lists_and_subsets, test_set_lists_and_subsets_deep = fuzz(
     'set_lists_and_subsets', set_lists, check_set_list,
     'set_lists_*.json and category_to_subset_name_list.json: random bytes, random JSON, entries of wrong types, '
-    'NaN/huge frame numbers, subset names that are paths', 100, 1000)
+    'NaN/huge frame numbers, subset names that are paths', 100, 1000,
+    examples=[{'': '\n'}])         # once quoted raw into the message, which broke it across lines
 
 
 # === images, masks, depth maps =========================================================================================
@@ -441,7 +453,8 @@ def check_config(ctx, x):
     p.write_bytes(x.encode('utf-8', 'surrogatepass') if isinstance(x, str) else x)
     try: cfg = load_config(p)
     except ConfigError as e:
-        assert str(p) in str(e) and len(str(e)) < 3000, str(e)[:300]
+        assert str(p) in str(e), str(e)[:300]
+        one_line(str(e), 3000)
         return
     for k, v in vars(cfg).items(): assert not (isinstance(v, float) and not math.isfinite(v)), (k, v)
 
@@ -475,3 +488,105 @@ def test_preprocess_reports_broken_sequences(faults_data, tmp_path, fault):
     dropped = rep['done'][s2.name]['dropped']
     assert len(dropped) == 1 and str(root/s2.frames[0].mask_path) in dropped[0]['reason']
     assert len(rep['done']) == 4 and 'traceback' not in json.dumps(rep)
+
+
+# === messages: what a message quotes from its input is escaped, cut, and on one line ===================================
+
+class StrWithLies(str):
+    "A str subclass whose repr and str forge lines: `quoted` must show its characters, not what it says about them"
+    def __repr__(self): return 'forged\nline'
+    def __str__(self): return 'forged\x1b[2J'
+
+class ReprOf:
+    "An object whose `repr` is any text (a newline, an escape sequence, megabytes), or raises"
+    def __init__(self, text): self.text = text
+    def __repr__(self):
+        if self.text == 'raise': raise RuntimeError('no repr')
+        return self.text
+
+HOSTILE_CHARS = ('\n', '\r', '\t', '\x00', '\x07', '\x1b', '\x1b[2J', '\x1b]0;title\x07', '\x7f', '\x85', '\u2028', '\u2029',
+                 '\u202e', '\u200b', '\ufeff', '\udc80', '\ud800')
+hostile = st.lists(st.sampled_from(HOSTILE_CHARS) | st.text(max_size=4), min_size=1, max_size=8).map(''.join)
+long_text = st.tuples(hostile, st.integers(1, 20000)).map(lambda t: t[0] * t[1])
+odd_values = st.recursive(
+    st.one_of(hostile, long_text, st.text(), st.binary(max_size=300), st.binary().map(lambda b: b.decode('utf-8', 'surrogateescape')),
+              hostile.map(StrWithLies), st.binary(max_size=64).map(bytearray), st.integers(), st.integers(0, 20000).map(lambda n: -7 ** n),
+              st.floats(), st.none(), st.booleans(), hostile.map(Path), (hostile | st.just('raise')).map(ReprOf)),
+    lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=4) | hostile, c, max_size=4) | st.tuples(c, c), max_leaves=20)
+
+
+def check_quoted(ctx, x):
+    value, limit = x
+    q = quoted(value, limit)
+    assert isinstance(q, str) and q.isprintable(), f"quoted gave {q!r}"
+    assert len(q) <= 4 * limit + 40 + 30, (len(q), limit)        # the repr is cut, then "... (N characters)" is added
+    if type(value) in (str, bytes) and len(value) <= limit:       # short plain strings and bytes: exactly Python's literal
+        assert ast.literal_eval(q) == value, (value, q)
+    if isinstance(value, Path) and str(value).isprintable():
+        assert q == str(value), q
+    if isinstance(value, StrWithLies): assert 'forged' not in q, q
+
+test_quoted_any_value, test_quoted_any_value_deep = fuzz(
+    'quoted_any_value', st.tuples(odd_values, st.integers(1, 200)), check_quoted,
+    'sparse3d.config.quoted on anything a message may quote: control characters, escape sequences, line separators, bidi '
+    'marks, lone surrogates, megabyte strings, non-UTF-8 bytes, huge integers, str subclasses and objects that lie in '
+    'their repr or raise, nested containers', 300, 3000,
+    expect='one printable line, never longer than its limit allows, exactly the repr for short strings and bytes')
+
+
+def sites(ctx, text):
+    "Calls of raise sites across the package, each fed `text` where it reads a name, a value, a key or a path"
+    from sparse3d.bench import parse_runs
+    from sparse3d.binvox import read_binvox
+    from sparse3d.co3d import Co3dCategory, resolve_in_root
+    from sparse3d.data import packed_dir
+    from sparse3d.synthetic import check_synth_args
+    root = ctx.tmp/'root'
+    (root/'chair').mkdir(parents=True, exist_ok=True)
+    header = text.encode('utf-8', 'surrogatepass').replace(b'\ndata\n', b'')
+    frame = dict(ctx.s['frame'], image=dict(ctx.s['frame']['image'], size=text))
+    def json_file(name, obj):
+        (root/name).write_text(json.dumps(obj)); return root/name
+    return {
+        'subset value': lambda: load_subsets(json_file('category_to_subset_name_list.json', {'chair': text}).parent),
+        'subset name': lambda: load_subsets(json_file('category_to_subset_name_list.json', {text: [text, '..']}).parent),
+        'set list split': lambda: load_set_list(json_file('chair/set_lists.json', {text: text}).parents[1], 'chair'),
+        'frame record': lambda: frame_from_dict(dict(ctx.s['frame'], sequence_name=[text]), 'frame_annotations.jgz [record 1]'),
+        'frame image size': lambda: frame_from_dict(frame, 'frame_annotations.jgz [record 1]'),
+        'sequence record': lambda: sequence_from_dict(dict(ctx.s['sequence'], category={text: text}), 'sequence_annotations.jgz [record 1]'),
+        'annotation path': lambda: resolve_in_root(root, text + '/../../x', 'image path'),
+        'category': lambda: Co3dCategory(root, text),
+        'config key': lambda: check_value(text, 1, 'run.yaml'),
+        'config value': lambda: check_value('device', text, 'run.yaml'),
+        'config number': lambda: check_value('batch_size', text, 'run.yaml'),
+        'binvox version': lambda: read_binvox(write(ctx.tmp, 'v.binvox', b'#binvox ' + header + b'\ndim 2 2 2\ndata\n\x00\x08')),
+        'binvox dims': lambda: read_binvox(write(ctx.tmp, 'v.binvox', b'#binvox 1\ndim 2 ' + header + b'\ndata\n\x00\x08')),
+        'missing file': lambda: read_binvox(ctx.tmp/(text.replace('/', '_').replace('\x00', '_') + '.binvox')),
+        'split name': lambda: packed_dir(root, text),
+        'bench runs': lambda: parse_runs(f'{text}=missing.pt;'),
+        'synth category': lambda: check_synth_args(ctx.tmp/'out', 1, 1, 64, 0, 1, text),
+    }
+
+
+SITES = ['subset value', 'subset name', 'set list split', 'frame record', 'frame image size', 'sequence record',
+         'annotation path', 'category', 'config key', 'config value', 'config number', 'binvox version', 'binvox dims',
+         'missing file', 'split name', 'bench runs', 'synth category']
+
+
+def check_site(ctx, x):
+    site, text = x
+    calls = sites(ctx, text)
+    assert sorted(calls) == sorted(SITES), sorted(calls)
+    try: calls[site]()
+    except Sparse3DError as e:
+        one_line(str(e))
+        for c in set(text):
+            assert c.isprintable() or c not in str(e), f"{site}: raw {c!r} from the input in the message: {str(e)!r}"
+
+test_raise_sites_quote_input, test_raise_sites_quote_input_deep = fuzz(
+    'raise_sites_quote_input', st.tuples(st.sampled_from(SITES), hostile | long_text),
+    check_site,
+    'names, values, keys and paths holding newlines, escape sequences, line separators, bidi marks, lone surrogates or '
+    '20,000 characters, fed to the raise sites of subsets, set lists, frame and sequence annotations, annotation paths, '
+    'categories, config keys and values, binvox headers, split names, --runs labels and synth arguments', 200, 2000,
+    expect='a one-line printable Sparse3DError (the input escaped and cut), or a correct value')
