@@ -138,6 +138,12 @@ def _os_message(e: OSError) -> str:
     where = f"{quoted(Path(os.fsdecode(e.filename)))}: " if isinstance(e.filename, (str, bytes, os.PathLike)) else ''
     return f"{where}{e.strerror or quoted(str(e))}. Check the path, its permissions and the free space."
 
+def _close_progress_bars():
+    "Close the progress bars (tqdm) a failing step left open, so the message starts a line of its own"
+    bar_class = getattr(sys.modules.get('tqdm.std'), 'tqdm', None)
+    for bar in list(getattr(bar_class, '_instances', None) or ()):
+        with contextlib.suppress(Exception): bar.close()
+
 @contextlib.contextmanager
 def cli_errors(prog: str):
     "Run a command's body; a `Sparse3DError` or `OSError` ends it with one line `prog: error: ...` on stderr and exit status 2 (bad input) or 1"
@@ -145,6 +151,7 @@ def cli_errors(prog: str):
     except Sparse3DError as e: code, message = e.exit_code, str(e)
     except OSError as e: code, message = EXIT_FAILED, _os_message(e)
     else: return
+    _close_progress_bars()
     print(f"{prog}: error: {_one_line(message)}", file=sys.stderr, flush=True)
     raise SystemExit(code) from None
 
