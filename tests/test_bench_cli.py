@@ -3,7 +3,7 @@
 The slow test runs `--quick` into a temporary folder, with an (untrained) checkpoint and a tiny processed
 root so the quality section is filled in too, and checks BENCHMARKS.md has every section; it checks
 no timing value. The fast tests check that bad arguments fail cleanly before any benchmark runs: exit
-status 1, one `error: ...` line naming the problem, no traceback, nothing written.
+status 2, one `sparse3d_bench: error: ...` line naming the problem, no traceback, nothing written.
 """
 import json, subprocess, sys
 from dataclasses import asdict
@@ -23,9 +23,9 @@ def bench(*args, timeout=120):
 
 def one_error_line(r):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.returncode == 2, (r.returncode, r.stderr)
     assert 'Traceback' not in r.stderr, r.stderr
-    assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr
+    assert len(lines) == 1 and lines[0].startswith('sparse3d_bench: error: '), r.stderr
     return lines[0]
 
 
