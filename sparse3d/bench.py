@@ -163,7 +163,7 @@ def run_child(name, threads=None, timeout=3600, **kwargs) -> dict:
         lines, errs = out.read().splitlines(), [l for l in err.read().splitlines() if l.strip()]
     res = next((json.loads(l[len(_MARK):]) for l in reversed(lines) if l.startswith(_MARK)), None)
     if p.returncode != 0 or res is None:
-        raise Sparse3DError(f"benchmark step {name} failed (exit status {p.returncode}): {errs[-1] if errs else 'no error output'}")
+        raise Sparse3DError(f"benchmark step {name} failed (exit status {p.returncode}): {quoted(errs[-1], 300) if errs else 'no error output'}")
     res.update(peak_rss_tree=tree or None, wall_s=round(wall, 2))
     return res
 
