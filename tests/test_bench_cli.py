@@ -9,7 +9,6 @@ import json, subprocess, sys
 from dataclasses import asdict
 from pathlib import Path
 
-import pytest
 
 BENCH = Path(sys.executable).with_name('sparse3d_bench')
 SECTIONS = ('# sparse3d benchmarks', '## Machine', '## Headline', '## Targets', '## Training', '## Inference',
@@ -22,7 +21,7 @@ def bench(*args, timeout=120):
 
 
 def one_error_line(r):
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert 'Traceback' not in r.stderr, r.stderr
     assert len(lines) == 1 and lines[0].startswith('sparse3d_bench: error: '), r.stderr

@@ -313,7 +313,7 @@ def test_jupyterlab_live_k3d_widget_draws(browser, tmp_path):
         errors = watch(page)
         page.goto(f'http://127.0.0.1:{port}/lab/tree/tiny.ipynb?token={token}', wait_until='load')
         page.locator('.jp-Notebook .jp-Cell').first.wait_for(state='visible', timeout=120_000)
-        dialogs = dismiss_dialogs(page)
+        dismiss_dialogs(page)
         page.locator('.jp-Notebook .jp-Cell .jp-InputArea-editor').first.click()
         page.keyboard.press('Shift+Enter')
         canvas = page.locator('.jp-OutputArea-output canvas').first

@@ -65,9 +65,9 @@ def test_processed_root_writes_everything(world, tmp_path):
     lines = p.stdout.splitlines()
     assert lines[-1] == f"report: {out/'report.html'}"
     assert '2 chair objects of' in p.stdout and 'test split' in p.stdout
-    table = [l for l in lines if l.split('|')[0].strip().isdigit()]
-    assert [l.split('|')[0].strip() for l in table] == ['1', '2', '4'], p.stdout
-    assert all(len(l.split('|')) == 4 and len(l.split('|')[1].split()) == 3 for l in table)   # model, hull, mean per metric
+    table = [line for line in lines if line.split('|')[0].strip().isdigit()]
+    assert [line.split('|')[0].strip() for line in table] == ['1', '2', '4'], p.stdout
+    assert all(len(line.split('|')) == 4 and len(line.split('|')[1].split()) == 3 for line in table)   # model, hull, mean per metric
 
     assert sorted(f.name for f in out.iterdir()) == ['metrics.json', 'metrics_per_object.csv', 'prediction_3d.html',
                                                      'predictions', 'report.html']
@@ -115,7 +115,7 @@ def test_processed_root_writes_everything(world, tmp_path):
 def test_threshold_flag_and_almost_empty_warning(world, tmp_path):
     p = sparse3d_test('--model_path', ckpt(world), '--test_dir', world/'proc', '--output_dir', tmp_path, '--split', 'val',
                       '--threshold', '0.99', '--device', 'cpu', '--max_objects', '1')
-    warn = [l for l in p.stderr.splitlines() if l.startswith('warning: ')]
+    warn = [line for line in p.stderr.splitlines() if line.startswith('warning: ')]
     assert len(warn) == 1 and '1 of 1 predictions from 2 views are almost empty at threshold 0.99' in warn[0], p.stderr
     assert '(--threshold ' in warn[0]                                       # the threshold that recovers the shape
     m = json.loads((tmp_path/'metrics.json').read_text())

@@ -6,7 +6,7 @@ where an undisturbed run ends.
 
 Disk-full is simulated twice: in-process by patching the writer (works everywhere), and for real on a small tmpfs
 (`mount -t tmpfs`; those tests are skipped where mounting is not allowed)."""
-import contextlib, errno, hashlib, json, os, shutil, subprocess, sys
+import contextlib, errno, hashlib, json, os, shutil, subprocess
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +45,11 @@ def test_atomic_write_refused_keeps_previous_file(tmp_path, monkeypatch, fault, 
     if stage == 'mkstemp': monkeypatch.setattr(config_mod.tempfile, 'mkstemp', boom)
     if stage == 'fsync': monkeypatch.setattr(config_mod.os, 'fsync', boom)
     if stage == 'replace': monkeypatch.setattr(config_mod.os, 'replace', boom)
-    with pytest.raises(OutputError) as e:
+    def write_new():
         with atomic_write(target) as f:
             f.write(b'new content ' * 1000)
             if stage == 'write': raise err                       # what f.write raises on a full disk
+    with pytest.raises(OutputError) as e: write_new()
     msg = str(e.value)
     assert str(target) in msg and ERRNOS[code] in msg.lower(), msg
     assert isinstance(e.value, Sparse3DError) and isinstance(e.value, OSError) and e.value.errno == code
@@ -59,8 +60,9 @@ def test_atomic_write_other_errors_pass_through(tmp_path, fault):
     fault.describe('Disk', 'a non-disk error inside atomic_write (a bug in the caller)', 'raised unchanged, not disguised as a disk error')
     fault.case()
     target = tmp_path/'x.json'; target.write_text('old')
-    with pytest.raises(ZeroDivisionError):
-        with atomic_write(target, 'w') as f: f.write('half'); 1 / 0
+    def write_then_fail():
+        with atomic_write(target, 'w') as f: f.write('half'); raise ZeroDivisionError('a bug in the caller')
+    with pytest.raises(ZeroDivisionError): write_then_fail()
     with pytest.raises(FileNotFoundError):                       # an input that is missing is not an output problem
         with atomic_write(target, 'w') as f: f.write(open(tmp_path/'missing.txt').read())
     assert target.read_text() == 'old' and leftovers(tmp_path) == []
@@ -108,7 +110,7 @@ def test_fit_checkpoint_disk_full_keeps_last_checkpoint(faults_data, tmp_path, m
     assert 'disk is full' in msg and str(tmp_path/'checkpoints') in msg and '.pt: cannot write it' in msg, msg
     ck = load_checkpoint(tmp_path/'checkpoints'/'latest.pt')
     assert ck['epoch'] == 1 and all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
-    assert [json.loads(l)['epoch'] for l in (tmp_path/'metrics.jsonl').read_text().splitlines()] == [1]
+    assert [json.loads(line)['epoch'] for line in (tmp_path/'metrics.jsonl').read_text().splitlines()] == [1]
     assert leftovers(tmp_path) == []
 
 

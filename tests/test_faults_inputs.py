@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 from conftest import examples_scale
 from hypothesis import example, given, settings, strategies as st
-from PIL import Image
 
 from sparse3d.binvox import VoxelGrid, binvox_bytes, read_binvox
 from sparse3d.co3d import (Co3dCategory, frame_from_dict, load_depth, load_depth_mask, load_frame_annotations, load_image,
@@ -120,7 +119,7 @@ def binvox_ok(g):
     again = read_binvox_bytes(binvox_bytes(g))                  # what loads is a real grid: it survives a round trip
     assert np.array_equal(again.occupancy, g.occupancy)
 
-def read_binvox_bytes(data, _tmp=[]):
+def read_binvox_bytes(data):
     import tempfile
     with tempfile.TemporaryDirectory() as d: return read_binvox(write(Path(d), 'x.binvox', data))
 
@@ -218,8 +217,9 @@ def check_frame_record(ctx, x):
     rec = mutate(ctx.s['frame'], x)
     try: f = frame_from_dict(rec, 'frame_annotations.jgz [record 7]')
     except Sparse3DError as e:
-        assert 'frame_annotations.jgz [record 7]' in str(e), str(e)
-        one_line(str(e))
+        msg = str(e)
+        assert 'frame_annotations.jgz [record 7]' in msg, msg
+        one_line(msg)
         return
     frame_ok(f)
 
@@ -240,8 +240,9 @@ def check_sequence_record(ctx, x):
     rec = mutate(ctx.s['sequence'], x)
     try: s = sequence_from_dict(rec, 'sequence_annotations.jgz [record 3]')
     except Sparse3DError as e:
-        assert 'sequence_annotations.jgz [record 3]' in str(e), str(e)
-        one_line(str(e))
+        msg = str(e)
+        assert 'sequence_annotations.jgz [record 3]' in msg, msg
+        one_line(msg)
         return
     sequence_ok(s)
 
@@ -453,8 +454,9 @@ def check_config(ctx, x):
     p.write_bytes(x.encode('utf-8', 'surrogatepass') if isinstance(x, str) else x)
     try: cfg = load_config(p)
     except ConfigError as e:
-        assert str(p) in str(e), str(e)[:300]
-        one_line(str(e), 3000)
+        msg = str(e)
+        assert str(p) in msg, msg[:300]
+        one_line(msg, 3000)
         return
     for k, v in vars(cfg).items(): assert not (isinstance(v, float) and not math.isfinite(v)), (k, v)
 
@@ -579,9 +581,10 @@ def check_site(ctx, x):
     assert sorted(calls) == sorted(SITES), sorted(calls)
     try: calls[site]()
     except Sparse3DError as e:
-        one_line(str(e))
+        msg = str(e)
+        one_line(msg)
         for c in set(text):
-            assert c.isprintable() or c not in str(e), f"{site}: raw {c!r} from the input in the message: {str(e)!r}"
+            assert c.isprintable() or c not in msg, f"{site}: raw {c!r} from the input in the message: {msg!r}"
 
 test_raise_sites_quote_input, test_raise_sites_quote_input_deep = fuzz(
     'raise_sites_quote_input', st.tuples(st.sampled_from(SITES), hostile | long_text),

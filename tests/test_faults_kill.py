@@ -5,10 +5,8 @@ uninterrupted run (CPU runs are reproducible, DESIGN.md)."""
 import json, os, random, signal, subprocess, sys, time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import yaml
 
 from sparse3d.train import load_checkpoint
 
@@ -74,7 +72,7 @@ def check_run_dir(out):
     for name, e in epochs.items():
         if name.startswith('epoch_'): assert e == int(name[6:-3]), (name, e)
     if (out/'metrics.jsonl').exists():
-        got = [json.loads(l)['epoch'] for l in (out/'metrics.jsonl').read_text().splitlines() if l.strip()]
+        got = [json.loads(line)['epoch'] for line in (out/'metrics.jsonl').read_text().splitlines() if line.strip()]
         last = epochs.get('latest.pt', 0)            # the metrics line of an epoch is appended just after its latest.pt
         assert got == list(range(1, len(got) + 1)) and max(last - 1, 0) <= len(got) <= last, (got, epochs)
     return epochs
@@ -138,7 +136,7 @@ def test_kill_mid_checkpoint_resume_equals_uninterrupted(killed_mid_checkpoint, 
     out = killed_mid_checkpoint['out']
     assert 'done: 3 epochs' in killed_mid_checkpoint['resume'].stdout
     check_run_dir(out)
-    assert [json.loads(l)['epoch'] for l in (out/'metrics.jsonl').read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(line)['epoch'] for line in (out/'metrics.jsonl').read_text().splitlines()] == [1, 2, 3]
     for name in ('latest.pt', 'epoch_2.pt', 'epoch_3.pt'): assert_same_as_reference(out, faults_reference_run, name)
 
 
@@ -208,7 +206,7 @@ def kill_until_done(faults_data, faults_cli, out, tmp, fault, next_kill, script=
 def assert_complete_and_equal(out, ref):
     check_run_dir(out)
     assert_same_as_reference(out, ref)
-    assert [json.loads(l)['epoch'] for l in (out/'metrics.jsonl').read_text().splitlines()] == list(range(1, EPOCHS + 1))
+    assert [json.loads(line)['epoch'] for line in (out/'metrics.jsonl').read_text().splitlines()] == list(range(1, EPOCHS + 1))
     for p in (out/'checkpoints').glob('epoch_*.pt'): assert_same_as_reference(out, ref, p.name)
 
 
@@ -284,7 +282,7 @@ def test_kill_preprocess_at_random_points_then_rerun(faults_cli, tmp_path, fault
         if attempt < 8:                                       # a random point in start-up, processing or packing
             n, k, t0 = done(), rng.randint(0, 5), time.monotonic()
             if n >= 24: phase, ready = 'packing', lambda: bool(list(out.glob('chair/packed/.*.tmp-*')))
-            elif k: phase, ready = 'processing', lambda: done() >= n + k
+            elif k: phase, ready = 'processing', lambda n=n, k=k: done() >= n + k
             else: phase, ready = 'start-up', lambda: True
             while not ready() and p.poll() is None and time.monotonic() - t0 < 300: time.sleep(0.005)
             try: p.wait(rng.uniform(0.5, 3.0) if phase == 'start-up' else rng.uniform(0.0, 0.4))

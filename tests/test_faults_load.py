@@ -2,14 +2,13 @@
 training. What must hold: the parallel output is byte-identical to one worker's; worker processes see each epoch's
 views and a resumed run equals an uninterrupted one with them; memory stays flat from epoch to epoch (RSS of the
 training process, and of the loader and its workers, sampled every epoch with psutil)."""
-import hashlib, json, shutil, subprocess, sys, textwrap
+import hashlib, json, shutil, sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from sparse3d.config import load_config
 from sparse3d.data import MultiViewDataset, make_loader
 
 N_SEQ, N_FRAMES, SIZE = 200, 4, 32

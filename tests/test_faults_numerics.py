@@ -2,14 +2,12 @@
 a corrupt packed split is refused up front, naming the sequence; a non-finite step is skipped with a warning and the
 run goes on with finite weights; repeated failures stop the run cleanly (a `Sparse3DError`, no traceback from the
 CLI) with the last good checkpoint kept, loadable and finite."""
-import json, shutil, subprocess, sys, warnings
-from pathlib import Path
+import json, shutil, sys, warnings
 
 import numpy as np
 import pytest
 import torch
 
-import sparse3d.data as data_mod
 import sparse3d.train as train_mod
 from sparse3d.config import DataError, Sparse3DError, load_config
 from sparse3d.data import MultiViewDataset

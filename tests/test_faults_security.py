@@ -11,12 +11,11 @@ output folder, or reach the network.
 import gzip, json, os, pickle, shutil, socket, subprocess, sys, textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from sparse3d.co3d import Co3dCategory
-from sparse3d.config import CheckpointError, ConfigError, DataError, Sparse3DError, load_config
+from sparse3d.config import CheckpointError, ConfigError, DataError, load_config
 from sparse3d.train import load_checkpoint
 
 

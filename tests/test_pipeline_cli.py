@@ -4,7 +4,6 @@ import json, sys
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import CLI_BIN as BIN, run_cli as run
 
@@ -67,7 +66,7 @@ def test_train_resume_cli(processed, small_cfg, tmp_path):
     assert 'already holds a run' in p.stderr
     p = run(BIN/'sparse3d_train', '--input_dir', processed/'proc', '--output_dir', tmp_path, '--resume', '--n_epochs', 2)
     assert 'done: 2 epochs' in p.stdout
-    assert [json.loads(l)['epoch'] for l in (tmp_path/'metrics.jsonl').read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)['epoch'] for line in (tmp_path/'metrics.jsonl').read_text().splitlines()] == [1, 2]
     assert (tmp_path/'checkpoints'/'epoch_1.pt').exists() and (tmp_path/'samples'/'epoch_2.png').exists()
 
 

@@ -86,7 +86,7 @@ def test_point_cloud_projects_into_masks(roots):
     assert inside / total > 0.95
 
 
-@pytest.mark.parametrize('args, message', [
+@pytest.mark.parametrize(('args', 'message'), [
     (['--sequences', 0], '--sequences must be an integer from 1'),
     (['--frames', 0], '--frames must be an integer from 1'),
     (['--image_size', 100], "'image_size' = 100 is out of range; allowed: a multiple of 16 from 32 to 512"),
