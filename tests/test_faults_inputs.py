@@ -24,15 +24,17 @@ from conftest import examples_scale
 from hypothesis import example, given, settings, strategies as st
 
 from sparse3d.binvox import VoxelGrid, binvox_bytes, read_binvox
-from sparse3d.co3d import (Co3dCategory, frame_from_dict, load_depth, load_depth_mask, load_frame_annotations, load_image,
-                           load_json, load_mask, load_pointcloud, load_sequence_annotations, load_set_list, load_subsets,
-                           sequence_from_dict)
+from sparse3d.co3d import (Co3dCategory, frame_from_dict, load_depth, load_depth_mask, load_frame_annotations,
+                           load_image, load_json, load_mask, load_pointcloud, load_sequence_annotations, load_set_list,
+                           load_subsets, sequence_from_dict)
 from sparse3d.config import ConfigError, Sparse3DError, check_value, load_config, quoted
 
 
-def fuzz(name, strategy, check, what, fast, deep, expect='Sparse3DError naming the file, or a correct value', examples=()):
-    """Two tests of `check(ctx, x)` for `x` drawn from `strategy`: `test_<name>` (`fast` examples) and `test_<name>_deep`
-    (slow); both try the regressions `examples` first. The profile's settings apply (tests/conftest.py)"""
+def fuzz(name, strategy, check, what, fast, deep, expect='Sparse3DError naming the file, or a correct value',
+         examples=()):
+    """Two tests of `check(ctx, x)` for `x` drawn from `strategy`: `test_<name>` (`fast` examples) and
+    `test_<name>_deep` (slow); both try the regressions `examples` first. The hypothesis profile (tests/conftest.py)
+    decides the rest"""
     def make(n, deep_run):
         @settings(max_examples=n * examples_scale())
         @given(x=strategy)
@@ -52,7 +54,7 @@ def one_line(msg, limit=1500):
 
 
 def clean(fn, path, ok=None):
-    "`fn(path)` returns a value that passes `ok`, or raises a one-line `Sparse3DError` naming `path`; anything else fails"
+    "`fn(path)` gives a value that passes `ok`, or raises a one-line `Sparse3DError` naming `path`; anything else fails"
     try:
         r = fn(path)
     except Sparse3DError as e:
@@ -70,7 +72,7 @@ def write(tmp, name, data):
     return p
 
 
-# --- ways to damage a valid file ---------------------------------------------------------------------------------------
+# --- ways to damage a valid file ---------------------------------------------------------------------------------
 
 def truncated(data, frac): return data[:min(int(frac * len(data)), len(data) - 1)]
 
@@ -101,17 +103,19 @@ def fuzz_samples(faults_data):
     seqs = json.loads(gzip.decompress((root/'chair'/'sequence_annotations.jgz').read_bytes()))
     ply = (root/seq.annotation.point_cloud_path).read_bytes()
     xyz = load_pointcloud(root/seq.annotation.point_cloud_path)[0][:40]
-    ascii_ply = (f"ply\nformat ascii 1.0\nelement vertex {len(xyz)}\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
+    ascii_ply = (f"ply\nformat ascii 1.0\nelement vertex {len(xyz)}\n"
+                 "property float x\nproperty float y\nproperty float z\nend_header\n"
                  + ''.join(f"{a:.6g} {b:.6g} {c:.6g}\n" for a, b, c in xyz)).encode()
     binvox = next((proc/'chair').glob('*_dataset_instance/seq.binvox')).read_bytes()
     b = lambda rel: (root/rel).read_bytes()
     return Samples(jpg=b(f.image_path), mask=b(f.mask_path), depth=b(f.depth_path), depth_mask=b(f.depth_mask_path),
                 ply=ply, ascii_ply=ascii_ply, binvox=binvox, frame=frames[0], sequence=seqs[0], frames=frames,
                 frame_jgz=b('chair/frame_annotations.jgz'), seq_jgz=b('chair/sequence_annotations.jgz'),
-                set_list=b('chair/set_lists/set_lists_fewview_dev.json'), subsets=b('category_to_subset_name_list.json'))
+                set_list=b('chair/set_lists/set_lists_fewview_dev.json'),
+                subsets=b('category_to_subset_name_list.json'))
 
 
-# === binvox ============================================================================================================
+# === binvox ======================================================================================================
 
 def binvox_ok(g):
     assert isinstance(g, VoxelGrid) and g.occupancy.dtype == bool and g.occupancy.shape == (g.dim,) * 3
@@ -127,21 +131,27 @@ def check_binvox_bytes(ctx, x):
     clean(read_binvox, write(ctx.tmp, 'v.binvox', x), binvox_ok)
 
 test_binvox_random_bytes, test_binvox_random_bytes_deep = fuzz(
-    'binvox_random_bytes', garbage | garbage.map(lambda b: b'#binvox 1\n' + b) | garbage.map(lambda b: b'#binvox 1\ndim 2 2 2\ndata\n' + b),
+    'binvox_random_bytes',
+    garbage | garbage.map(lambda b: b'#binvox 1\n' + b) | garbage.map(lambda b: b'#binvox 1\ndim 2 2 2\ndata\n' + b),
     check_binvox_bytes, '.binvox: random bytes (bare, after a binvox magic line, after a header)', 100, 1000)
 
-numbers = st.one_of(st.integers(-3, 40), st.integers(), st.floats(), st.sampled_from(['nan', 'inf', '-1', '1e999', 'x', '']))
+numbers = st.one_of(st.integers(-3, 40), st.integers(), st.floats(),
+                    st.sampled_from(['nan', 'inf', '-1', '1e999', 'x', '']))
 header = st.builds(
-    lambda v, dims, tr, sc, data, extra: (f"#binvox {v}\n" + (f"dim {' '.join(map(str, dims))}\n" if dims is not None else '')
+    lambda v, dims, tr, sc, data, extra: (f"#binvox {v}\n"
+                                          + (f"dim {' '.join(map(str, dims))}\n" if dims is not None else '')
                                           + (f"translate {' '.join(map(str, tr))}\n" if tr is not None else '')
-                                          + (f"scale {sc}\n" if sc is not None else '') + extra + "data\n").encode() + data,
-    st.sampled_from(['1', '2', '', '1 1']), st.none() | st.lists(numbers, max_size=4), st.none() | st.lists(numbers, max_size=4),
-    st.none() | numbers, st.binary(max_size=64) | st.lists(st.tuples(st.integers(0, 2), st.integers(0, 255)), max_size=40).map(
+                                          + (f"scale {sc}\n" if sc is not None else '') + extra + "data\n").encode()
+                                         + data,
+    st.sampled_from(['1', '2', '', '1 1']), st.none() | st.lists(numbers, max_size=4),
+    st.none() | st.lists(numbers, max_size=4), st.none() | numbers,
+    st.binary(max_size=64) | st.lists(st.tuples(st.integers(0, 2), st.integers(0, 255)), max_size=40).map(
         lambda runs: bytes(b for r in runs for b in r)), st.sampled_from(['', 'foo bar\n', 'dim\n', '\n\n']))
 
 test_binvox_bad_headers, test_binvox_bad_headers_deep = fuzz(
     'binvox_bad_headers', header, check_binvox_bytes,
-    '.binvox: structured headers (bad version, dims missing/non-cubic/huge/negative/NaN, bad translate/scale, random runs)', 100, 1000)
+    '.binvox: structured headers (bad version, dims missing/non-cubic/huge/negative/NaN, bad translate/scale, '
+    'random runs)', 100, 1000)
 
 grids = st.integers(1, 10).flatmap(lambda d: st.lists(st.booleans(), min_size=d ** 3, max_size=d ** 3).map(
     lambda v: VoxelGrid(np.array(v, bool).reshape(d, d, d), (-0.5, -0.5, -0.5), 1.0)))
@@ -152,7 +162,8 @@ def check_binvox_truncated(ctx, x):
     with pytest.raises(Sparse3DError, match='v.binvox'): read_binvox(write(ctx.tmp, 'v.binvox', truncated(data, frac)))
 
 test_binvox_truncated, test_binvox_truncated_deep = fuzz(
-    'binvox_truncated', st.tuples(grids, fracs), check_binvox_truncated, '.binvox: valid grids cut short at a random byte',
+    'binvox_truncated', st.tuples(grids, fracs), check_binvox_truncated,
+    '.binvox: valid grids cut short at a random byte',
     60, 600, expect='always a Sparse3DError naming the file (a cut file never loads as a smaller grid)')
 
 def check_binvox_flipped(ctx, x):
@@ -162,14 +173,19 @@ test_binvox_bit_flips, test_binvox_bit_flips_deep = fuzz(
     'binvox_bit_flips', flips, check_binvox_flipped, '.binvox: 1-8 bit flips in a processed voxel file', 100, 1000)
 
 
-# === annotations: JSON values, records, files ===========================================================================
+# === annotations: JSON values, records, files =====================================================================
 
-SPECIAL = [0, -1, -0.0, 1, 10 ** 400, -10 ** 400, 2 ** 63, 1e308, -1e308, float('nan'), float('inf'), float('-inf'), True, None,
+SPECIAL = [0, -1, -0.0, 1, 10 ** 400, -10 ** 400, 2 ** 63, 1e308, -1e308, float('nan'), float('inf'), float('-inf'),
+           True, None,
            '', '..', '../../../etc/passwd', '/etc/passwd', 'chair/../../outside', 'a\x00b', [], {}, [0, 0], [1, 1, 1],
            [[1, 0, 0], [0, 1, 0], [0, 0, 1]], [[2, 0, 0], [0, 0.5, 0], [0, 0, 1]], [[-1, 0, 0], [0, 1, 0], [0, 0, 1]],
-           [[1, 0], [0, 1]], [float('nan')] * 3, [1e308, 1e308, 1e308], [-5, 10], [10, -5], [0, 10], [200000, 10], [1.5, 2]]
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12), st.sampled_from(SPECIAL))
-json_values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4), max_leaves=12)
+           [[1, 0], [0, 1]], [float('nan')] * 3, [1e308, 1e308, 1e308], [-5, 10], [10, -5], [0, 10], [200000, 10],
+           [1.5, 2]]
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12),
+                    st.sampled_from(SPECIAL))
+json_values = st.recursive(scalars,
+                           lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+                           max_leaves=12)
 
 
 def key_paths(d, prefix=()):
@@ -196,7 +212,8 @@ def mutate(record, edits):
     return rec
 
 
-edits = st.lists(st.tuples(st.integers(0, 10 ** 6), st.sampled_from(['delete', 'replace', 'replace']), json_values), min_size=1, max_size=3)
+edits = st.lists(st.tuples(st.integers(0, 10 ** 6), st.sampled_from(['delete', 'replace', 'replace']), json_values),
+                 min_size=1, max_size=3)
 
 
 def rotation_ok(R): return R.shape == (3, 3) and np.all(np.isfinite(R)) and np.allclose(R @ R.T, np.eye(3), atol=1e-2)
@@ -225,8 +242,9 @@ def check_frame_record(ctx, x):
 
 test_frame_annotation_records, test_frame_annotation_records_deep = fuzz(
     'frame_annotation_records', edits, check_frame_record,
-    'frame annotation record: 1-3 keys deleted or replaced by random JSON (wrong types, huge ints, NaN/inf, negative or '
-    'float sizes, non-rotations, escaping paths)', 300, 3000, expect='DataError naming the file and record, or a checked, finite frame')
+    'frame annotation record: 1-3 keys deleted or replaced by random JSON (wrong types, huge ints, NaN/inf, negative '
+    'or float sizes, non-rotations, escaping paths)', 300, 3000,
+    expect='DataError naming the file and record, or a checked, finite frame')
 
 
 def sequence_ok(s):
@@ -293,12 +311,16 @@ def check_set_list(ctx, x):
     def subsets_ok(v):
         assert isinstance(v, dict)
         for names in v.values():
-            assert isinstance(names, list) and all(isinstance(n, str) and n and '/' not in n and '\\' not in n and n not in ('.', '..') for n in names), names
+            assert isinstance(names, list), names
+            assert all(isinstance(n, str) and n and '/' not in n and '\\' not in n and n not in ('.', '..')
+                       for n in names), names
     clean(lambda _: load_subsets(ctx.tmp/'root'), q, subsets_ok)
 
 set_lists = st.one_of(garbage, json_values, st.dictionaries(st.sampled_from(['train', 'val', 'test', 'x']),
                       st.lists(st.lists(scalars, max_size=4) | scalars, max_size=4), max_size=3),
-                      st.dictionaries(st.text(max_size=5), st.lists(scalars | st.sampled_from(['../../x', '/abs', '..', 'a/b']), max_size=3), max_size=3))
+                      st.dictionaries(st.text(max_size=5),
+                                      st.lists(scalars | st.sampled_from(['../../x', '/abs', '..', 'a/b']), max_size=3),
+                                      max_size=3))
 
 test_set_lists_and_subsets, test_set_lists_and_subsets_deep = fuzz(
     'set_lists_and_subsets', set_lists, check_set_list,
@@ -307,7 +329,7 @@ test_set_lists_and_subsets, test_set_lists_and_subsets_deep = fuzz(
     examples=[{'': '\n'}])         # once quoted raw into the message, which broke it across lines
 
 
-# === images, masks, depth maps =========================================================================================
+# === images, masks, depth maps ===================================================================================
 
 READERS = dict(jpg=(load_image, 'image.jpg'), mask=(load_mask, 'mask.png'), depth=(load_depth, 'depth.png'),
                depth_mask=(load_depth_mask, 'depth_mask.png'))
@@ -334,16 +356,18 @@ def check_image(ctx, x):
             'flip': lambda: flipped(valid, arg), 'swap': lambda: ctx.s[arg]}[how]()
     r = clean(fn, write(ctx.tmp, name, data), image_ok(kind))
     if how == 'cut' and r is not None:                          # a cut file may load only if nothing was lost
-        assert np.array_equal(r, fn(write(ctx.tmp, 'whole_' + name, valid))), f'truncated {name} loaded as different pixels'
+        whole = fn(write(ctx.tmp, 'whole_' + name, valid))
+        assert np.array_equal(r, whole), f'truncated {name} loaded as different pixels'
 
 test_images_masks_depths, test_images_masks_depths_deep = fuzz(
     'images_masks_depths', images, check_image,
-    'JPEG images, PNG masks, 16-bit depth PNGs, depth masks: random bytes, random bytes after a valid header, truncations, '
-    'bit flips, a file of another kind', 150, 1500)
+    'JPEG images, PNG masks, 16-bit depth PNGs, depth masks: random bytes, random bytes after a valid header, '
+    'truncations, bit flips, a file of another kind', 150, 1500)
 
 
 def test_decompression_bomb_refused(tmp_path, fault):
-    fault.describe('Inputs', 'PNG mask that decodes to 400 megapixels (14 kB on disk)', 'DataError naming the file, nothing allocated')
+    fault.describe('Inputs', 'PNG mask that decodes to 400 megapixels (14 kB on disk)',
+                   'DataError naming the file, nothing allocated')
     fault.case()
     import zlib
     W = H = 20000
@@ -354,7 +378,7 @@ def test_decompression_bomb_refused(tmp_path, fault):
     with pytest.raises(Sparse3DError, match='bomb.png'): load_mask(p)
 
 
-# === point clouds ======================================================================================================
+# === point clouds ================================================================================================
 
 def ply_ok(declared):
     def ok(r):
@@ -377,17 +401,20 @@ def header_edit(data, k, new):
     lines[k % len(lines)] = new
     return b'\n'.join(lines) + data[end:]
 
-header_lines = st.sampled_from([b'format binary_big_endian 1.0', b'format ascii 1.0', b'format binary_little_endian 2.0',
-                                b'element vertex 0', b'element vertex 1', b'element vertex 999999999999', b'element vertex -5',
-                                b'element vertex 12x', b'property double x', b'property list uchar int x', b'property float64 nx',
-                                b'property uchar red', b'element face 3', b'comment', b'', b'property float', b'obj_info x'])
+header_lines = st.sampled_from([b'format binary_big_endian 1.0', b'format ascii 1.0',
+                                b'format binary_little_endian 2.0', b'element vertex 0', b'element vertex 1',
+                                b'element vertex 999999999999',
+                                b'element vertex -5', b'element vertex 12x', b'property double x',
+                                b'property list uchar int x', b'property float64 nx', b'property uchar red',
+                                b'element face 3', b'comment', b'', b'property float', b'obj_info x'])
 
 plys = st.one_of(
     st.tuples(st.just('random'), garbage), st.tuples(st.just('magic'), garbage), st.tuples(st.just('cut'), fracs),
     st.tuples(st.just('flip'), flips), st.tuples(st.just('header'), st.integers(0, 30), header_lines),
     st.tuples(st.just('count'), st.integers(-3, 3)), st.tuples(st.just('extra'), st.binary(min_size=1, max_size=64)),
-    st.tuples(st.just('ascii_cut'), fracs), st.tuples(st.just('ascii_token'), st.integers(0, 10 ** 6),
-                                                       st.sampled_from([b'nan', b'inf', b'x', b'1e999', b'', b'1 2', b'--1'])))
+    st.tuples(st.just('ascii_cut'), fracs),
+    st.tuples(st.just('ascii_token'), st.integers(0, 10 ** 6),
+              st.sampled_from([b'nan', b'inf', b'x', b'1e999', b'', b'1 2', b'--1'])))
 
 def check_ply(ctx, x):
     how, *arg = x
@@ -395,11 +422,13 @@ def check_ply(ctx, x):
     n = declared_vertices(valid)
     strict = how in ('cut', 'ascii_cut', 'extra', 'count') and not (how == 'count' and arg[0] == 0)
     if how == 'random': data = arg[0]
-    elif how == 'magic': data = b'ply\nformat binary_little_endian 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\nend_header\n' + arg[0]
+    elif how == 'magic': data = (b'ply\nformat binary_little_endian 1.0\nelement vertex 3\n'
+                                 b'property float x\nproperty float y\nproperty float z\nend_header\n' + arg[0])
     elif how == 'cut': data = truncated(valid, arg[0])
     elif how == 'flip': data = flipped(valid, arg[0])
     elif how == 'header': data = header_edit(valid, arg[0], arg[1])
-    elif how == 'count': data = valid.replace(f'element vertex {n}\n'.encode(), f'element vertex {max(n + arg[0], 0)}\n'.encode(), 1)
+    elif how == 'count':
+        data = valid.replace(f'element vertex {n}\n'.encode(), f'element vertex {max(n + arg[0], 0)}\n'.encode(), 1)
     elif how == 'extra': data = valid + arg[0]
     elif how == 'ascii_cut': data = truncated(asc, arg[0]) if arg[0] < 1 else asc
     else:
@@ -408,14 +437,16 @@ def check_ply(ctx, x):
         data = asc[:asc.find(b'end_header\n') + 11] + b' '.join(body)
     r = clean(load_pointcloud, write(ctx.tmp, 'pointcloud.ply', data), ply_ok(declared_vertices(data)))
     if how == 'ascii_cut' and r is not None:
-        assert data == asc or len(r[0]) == declared_vertices(asc) and np.allclose(r[0], load_pointcloud(write(ctx.tmp, 'a.ply', asc))[0])
+        whole = load_pointcloud(write(ctx.tmp, 'a.ply', asc))[0]
+        assert data == asc or len(r[0]) == declared_vertices(asc) and np.allclose(r[0], whole)
     elif strict: assert r is None, f'{how}: a damaged point cloud loaded ({len(r[0])} points)'
 
 test_point_clouds, test_point_clouds_deep = fuzz(
     'point_clouds', plys, check_ply,
-    'pointcloud.ply: random bytes, garbage after a valid header, truncations (binary and ASCII), bit flips, header lines '
-    'replaced, vertex count off by a few, trailing bytes, bad ASCII tokens', 150, 1500,
-    expect='DataError naming the file, or exactly the declared number of finite points (a cut file never loads as fewer points)')
+    'pointcloud.ply: random bytes, garbage after a valid header, truncations (binary and ASCII), bit flips, header '
+    'lines replaced, vertex count off by a few, trailing bytes, bad ASCII tokens', 150, 1500,
+    expect='DataError naming the file, or exactly the declared number of finite points (a cut file never loads as '
+           'fewer points)')
 
 
 # === special files: no hang, no read outside what was asked for =======================================================
@@ -426,14 +457,16 @@ def _devzero(p): p.symlink_to('/dev/zero')
 def _loop(p): p.symlink_to(p.name)
 
 SPECIAL_FILES = dict(fifo=_fifo, folder=_dir, dev_zero=_devzero, symlink_loop=_loop)
-FILE_READERS = dict(binvox=read_binvox, json=load_json, image=load_image, mask=load_mask, depth=load_depth, ply=load_pointcloud)
+FILE_READERS = dict(binvox=read_binvox, json=load_json, image=load_image, mask=load_mask, depth=load_depth,
+                    ply=load_pointcloud)
 
 
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize('reader', list(FILE_READERS))
 @pytest.mark.parametrize('special', list(SPECIAL_FILES))
 def test_special_files_refused_without_hanging(tmp_path, fault, reader, special):
-    fault.describe('Inputs', 'a FIFO, a folder, a symlink to /dev/zero or a symlink loop where a binvox, JSON, image, mask, depth or PLY file is expected',
+    fault.describe('Inputs', 'a FIFO, a folder, a symlink to /dev/zero or a symlink loop where a binvox, JSON, image, '
+                   'mask, depth or PLY file is expected',
                    'DataError naming the file at once (a FIFO must not hang the run)')
     fault.case()
     p = tmp_path/('input.jgz' if reader == 'json' else f'input.{reader}')
@@ -441,12 +474,13 @@ def test_special_files_refused_without_hanging(tmp_path, fault, reader, special)
     with pytest.raises(Sparse3DError, match='input'): FILE_READERS[reader](p)
 
 
-# === config files =======================================================================================================
+# === config files =================================================================================================
 
 yaml_texts = st.one_of(
     st.text(max_size=200), garbage.map(lambda b: b.decode('latin-1')),
-    st.dictionaries(st.sampled_from(['n_epochs', 'batch_size', 'image_size', 'cube_len', 'obj', 'g_lr', 'use_pose', 'device',
-                                     'threshold', 'pos_weight', 'seed', 'bacth_size', 'x']), json_values, max_size=4).map(
+    st.dictionaries(st.sampled_from(['n_epochs', 'batch_size', 'image_size', 'cube_len', 'obj', 'g_lr', 'use_pose',
+                                     'device', 'threshold', 'pos_weight', 'seed', 'bacth_size', 'x']),
+                    json_values, max_size=4).map(
         lambda d: '\n'.join(f'{k}: {json.dumps(v, allow_nan=True)}' for k, v in d.items())))
 
 def check_config(ctx, x):
@@ -469,9 +503,9 @@ test_config_files, test_config_files_deep = fuzz(
 # === a whole category with broken files: the bad sequences are skipped and reported ===================================
 
 def test_preprocess_reports_broken_sequences(faults_data, tmp_path, fault):
-    fault.describe('Inputs', 'a category where 3 of 6 sequences have a truncated point cloud, truncated images, or a garbage mask'
-                   , 'those sequences or frames are skipped and reported with the file '
-                   'named; the others are processed')
+    fault.describe('Inputs', 'a category where 3 of 6 sequences have a truncated point cloud, truncated images, or a '
+                   'garbage mask', 'those sequences or frames are skipped and reported with the file named; the others '
+                   'are processed')
     from sparse3d.preprocess import PreprocessSettings, preprocess_category
     root = tmp_path/'co3d'
     shutil.copytree(faults_data['co3d'], root)
@@ -480,19 +514,21 @@ def test_preprocess_reports_broken_sequences(faults_data, tmp_path, fault):
     s0, s1, s2 = (cat[n] for n in names[:3])
     ply = root/s0.annotation.point_cloud_path
     ply.write_bytes(ply.read_bytes()[:-100])                                         # s0: cut point cloud -> failed
-    for f in s1.frames: (root/f.image_path).write_bytes((root/f.image_path).read_bytes()[:300])   # s1: every image cut -> failed
-    (root/s2.frames[0].mask_path).write_bytes(b'\x89PNG garbage')                    # s2: one mask -> that frame dropped
-    rep = preprocess_category(root, tmp_path/'proc', 'chair', PreprocessSettings(image_size=32), workers=1, progress=False)
+    for f in s1.frames: (root/f.image_path).write_bytes((root/f.image_path).read_bytes()[:300])   # s1: all cut: failed
+    (root/s2.frames[0].mask_path).write_bytes(b'\x89PNG garbage')                    # s2: one mask: that frame dropped
+    rep = preprocess_category(root, tmp_path/'proc', 'chair', PreprocessSettings(image_size=32), workers=1,
+                              progress=False)
     fault.case(3)
     assert set(rep['failed']) == {s0.name, s1.name}, rep['failed']
     assert 'pointcloud.ply' in rep['failed'][s0.name]['error'] and 'truncated' in rep['failed'][s0.name]['error']
-    assert 'no usable frame' in rep['failed'][s1.name]['error'] and 'corrupt or truncated image' in rep['failed'][s1.name]['error']
+    s1_error = rep['failed'][s1.name]['error']
+    assert 'no usable frame' in s1_error and 'corrupt or truncated image' in s1_error, s1_error
     dropped = rep['done'][s2.name]['dropped']
     assert len(dropped) == 1 and str(root/s2.frames[0].mask_path) in dropped[0]['reason']
     assert len(rep['done']) == 4 and 'traceback' not in json.dumps(rep)
 
 
-# === messages: what a message quotes from its input is escaped, cut, and on one line ===================================
+# === messages: what a message quotes from its input is escaped, cut, and on one line =============================
 
 class StrWithLies(str):
     "A str subclass whose repr and str forge lines: `quoted` must show its characters, not what it says about them"
@@ -506,15 +542,17 @@ class ReprOf:
         if self.text == 'raise': raise RuntimeError('no repr')
         return self.text
 
-HOSTILE_CHARS = ('\n', '\r', '\t', '\x00', '\x07', '\x1b', '\x1b[2J', '\x1b]0;title\x07', '\x7f', '\x85', '\u2028', '\u2029',
-                 '\u202e', '\u200b', '\ufeff', '\udc80', '\ud800')
+HOSTILE_CHARS = ('\n', '\r', '\t', '\x00', '\x07', '\x1b', '\x1b[2J', '\x1b]0;title\x07', '\x7f', '\x85', '\u2028',
+                 '\u2029', '\u202e', '\u200b', '\ufeff', '\udc80', '\ud800')
 hostile = st.lists(st.sampled_from(HOSTILE_CHARS) | st.text(max_size=4), min_size=1, max_size=8).map(''.join)
 long_text = st.tuples(hostile, st.integers(1, 20000)).map(lambda t: t[0] * t[1])
 odd_values = st.recursive(
-    st.one_of(hostile, long_text, st.text(), st.binary(max_size=300), st.binary().map(lambda b: b.decode('utf-8', 'surrogateescape')),
-              hostile.map(StrWithLies), st.binary(max_size=64).map(bytearray), st.integers(), st.integers(0, 20000).map(lambda n: -7 ** n),
+    st.one_of(hostile, long_text, st.text(), st.binary(max_size=300),
+              st.binary().map(lambda b: b.decode('utf-8', 'surrogateescape')), hostile.map(StrWithLies),
+              st.binary(max_size=64).map(bytearray), st.integers(), st.integers(0, 20000).map(lambda n: -7 ** n),
               st.floats(), st.none(), st.booleans(), hostile.map(Path), (hostile | st.just('raise')).map(ReprOf)),
-    lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=4) | hostile, c, max_size=4) | st.tuples(c, c), max_leaves=20)
+    lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=4) | hostile, c, max_size=4) | st.tuples(c, c),
+    max_leaves=20)
 
 
 def check_quoted(ctx, x):
@@ -522,7 +560,7 @@ def check_quoted(ctx, x):
     q = quoted(value, limit)
     assert isinstance(q, str) and q.isprintable(), f"quoted gave {q!r}"
     assert len(q) <= 4 * limit + 40 + 30, (len(q), limit)        # the repr is cut, then "... (N characters)" is added
-    if type(value) in (str, bytes) and len(value) <= limit:       # short plain strings and bytes: exactly Python's literal
+    if type(value) in (str, bytes) and len(value) <= limit:       # short plain strings and bytes: Python's literal
         assert ast.literal_eval(q) == value, (value, q)
     if isinstance(value, Path) and str(value).isprintable():
         assert q == str(value), q
@@ -530,9 +568,9 @@ def check_quoted(ctx, x):
 
 test_quoted_any_value, test_quoted_any_value_deep = fuzz(
     'quoted_any_value', st.tuples(odd_values, st.integers(1, 200)), check_quoted,
-    'sparse3d.config.quoted on anything a message may quote: control characters, escape sequences, line separators, bidi '
-    'marks, lone surrogates, megabyte strings, non-UTF-8 bytes, huge integers, str subclasses and objects that lie in '
-    'their repr or raise, nested containers', 300, 3000,
+    'sparse3d.config.quoted on anything a message may quote: control characters, escape sequences, line separators, '
+    'bidi marks, lone surrogates, megabyte strings, non-UTF-8 bytes, huge integers, str subclasses and objects that '
+    'lie in their repr or raise, nested containers', 300, 3000,
     expect='one printable line, never longer than its limit allows, exactly the repr for short strings and bytes')
 
 
@@ -545,24 +583,26 @@ def sites(ctx, text):
     from sparse3d.synthetic import check_synth_args
     root = ctx.tmp/'root'
     (root/'chair').mkdir(parents=True, exist_ok=True)
-    header = text.encode('utf-8', 'surrogatepass').replace(b'\ndata\n', b'')
+    header, data = text.encode('utf-8', 'surrogatepass').replace(b'\ndata\n', b''), b'\ndata\n\x00\x08'
     frame = dict(ctx.s['frame'], image=dict(ctx.s['frame']['image'], size=text))
     def json_file(name, obj):
         (root/name).write_text(json.dumps(obj)); return root/name
+    subsets, frames, seqs = 'category_to_subset_name_list.json', 'frame_annotations.jgz [record 1]', \
+        'sequence_annotations.jgz [record 1]'
     return {
-        'subset value': lambda: load_subsets(json_file('category_to_subset_name_list.json', {'chair': text}).parent),
-        'subset name': lambda: load_subsets(json_file('category_to_subset_name_list.json', {text: [text, '..']}).parent),
+        'subset value': lambda: load_subsets(json_file(subsets, {'chair': text}).parent),
+        'subset name': lambda: load_subsets(json_file(subsets, {text: [text, '..']}).parent),
         'set list split': lambda: load_set_list(json_file('chair/set_lists.json', {text: text}).parents[1], 'chair'),
-        'frame record': lambda: frame_from_dict(dict(ctx.s['frame'], sequence_name=[text]), 'frame_annotations.jgz [record 1]'),
-        'frame image size': lambda: frame_from_dict(frame, 'frame_annotations.jgz [record 1]'),
-        'sequence record': lambda: sequence_from_dict(dict(ctx.s['sequence'], category={text: text}), 'sequence_annotations.jgz [record 1]'),
+        'frame record': lambda: frame_from_dict(dict(ctx.s['frame'], sequence_name=[text]), frames),
+        'frame image size': lambda: frame_from_dict(frame, frames),
+        'sequence record': lambda: sequence_from_dict(dict(ctx.s['sequence'], category={text: text}), seqs),
         'annotation path': lambda: resolve_in_root(root, text + '/../../x', 'image path'),
         'category': lambda: Co3dCategory(root, text),
         'config key': lambda: check_value(text, 1, 'run.yaml'),
         'config value': lambda: check_value('device', text, 'run.yaml'),
         'config number': lambda: check_value('batch_size', text, 'run.yaml'),
-        'binvox version': lambda: read_binvox(write(ctx.tmp, 'v.binvox', b'#binvox ' + header + b'\ndim 2 2 2\ndata\n\x00\x08')),
-        'binvox dims': lambda: read_binvox(write(ctx.tmp, 'v.binvox', b'#binvox 1\ndim 2 ' + header + b'\ndata\n\x00\x08')),
+        'binvox version': lambda: read_binvox(write(ctx.tmp, 'v.binvox', b'#binvox ' + header + b'\ndim 2 2 2' + data)),
+        'binvox dims': lambda: read_binvox(write(ctx.tmp, 'v.binvox', b'#binvox 1\ndim 2 ' + header + data)),
         'missing file': lambda: read_binvox(ctx.tmp/(text.replace('/', '_').replace('\x00', '_') + '.binvox')),
         'split name': lambda: packed_dir(root, text),
         'bench runs': lambda: parse_runs(f'{text}=missing.pt;'),
@@ -590,6 +630,7 @@ test_raise_sites_quote_input, test_raise_sites_quote_input_deep = fuzz(
     'raise_sites_quote_input', st.tuples(st.sampled_from(SITES), hostile | long_text),
     check_site,
     'names, values, keys and paths holding newlines, escape sequences, line separators, bidi marks, lone surrogates or '
-    '20,000 characters, fed to the raise sites of subsets, set lists, frame and sequence annotations, annotation paths, '
-    'categories, config keys and values, binvox headers, split names, --runs labels and synth arguments', 200, 2000,
+    '20,000 characters, fed to the raise sites of subsets, set lists, frame and sequence annotations, annotation '
+    'paths, categories, config keys and values, binvox headers, split names, --runs labels and synth arguments',
+    200, 2000,
     expect='a one-line printable Sparse3DError (the input escaped and cut), or a correct value')
