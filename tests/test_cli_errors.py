@@ -45,7 +45,8 @@ def run_with_fault(tmp_path, prog, prelude, *args):
     "Run console script `prog` (its real entry point and argument parsing) in a script that first runs `prelude`"
     module, func = ENTRY[prog].split(':')
     script = tmp_path/f'{prog}_with_fault.py'
-    script.write_text(f"{prelude}\nimport sys\nfrom {module} import {func}\nif __name__ == '__main__': sys.exit({func}())\n")
+    script.write_text(f"{prelude}\nimport sys\nfrom {module} import {func}\n"
+                      f"if __name__ == '__main__': sys.exit({func}())\n")
     return run_cli(sys.executable, script, *args, ok=False)
 
 
@@ -53,7 +54,7 @@ def test_every_console_script_is_covered():
     assert sorted(ENTRY) == sorted(BAD_INPUTS) == sorted(RUN_TIME), sorted(ENTRY)
 
 
-# --- bad usage or input: exit 2 -----------------------------------------------------------------------------------------
+# --- bad usage or input: exit 2 -----------------------------------------------------------------------------------
 
 def ply(path, n=200):
     "An ASCII point cloud of `n` points on a sphere"
@@ -70,13 +71,13 @@ BAD_INPUTS = {   # program: (arguments given a tmp folder and the tiny dataset, 
     'sparse3d_ply2voxel': (lambda t, d: ['--input', t/'missing.ply', '--output', t/'v.binvox'], 'missing.ply'),
     'sparse3d_extract_poses': (lambda t, d: ['--input_dir', d['co3d'], '--output_dir', t/'p', '--sequence', 'no\nsuch'],
                                "no sequence 'no\\nsuch'"),
-    'sparse3d_preprocess_sequence': (lambda t, d: ['--input_dir', t/'missing', '--output_dir', t/'p', '--sequence', 'x'],
-                                     'dataset root not found'),
+    'sparse3d_preprocess_sequence': (lambda t, d: ['--input_dir', t/'missing', '--output_dir', t/'p',
+                                                   '--sequence', 'x'], 'dataset root not found'),
     'sparse3d_preprocess': (lambda t, d: ['--input_dir', d['co3d'], '--output_dir', t/'p', '--cube_len', 48],
                             "'cube_len' = 48 is out of range"),
     'sparse3d_split': (lambda t, d: ['--output_dir', t/'empty'], 'no processed sequences'),
-    'sparse3d_train': (lambda t, d: ['--config', d['config'], '--input_dir', d['proc'], '--output_dir', t/'r', '--batch_size', 0],
-                       "'batch_size' = 0 is out of range"),
+    'sparse3d_train': (lambda t, d: ['--config', d['config'], '--input_dir', d['proc'], '--output_dir', t/'r',
+                                     '--batch_size', 0], "'batch_size' = 0 is out of range"),
     'sparse3d_test': (lambda t, d: ['--model_path', t/'missing.pt', '--test_dir', d['proc'], '--output_dir', t/'e'],
                       'checkpoint not found'),
     'sparse3d_bench': (lambda t, d: ['--output', t/'B.md', '--runs', 'pose'], "'pose' is not label=checkpoint"),
@@ -95,23 +96,23 @@ def test_bad_flag_exits_2_like_argparse():
     assert p.returncode == 2 and 'unrecognized arguments: --no_such_flag' in p.stderr, p.stderr
 
 
-# --- failed at run time: exit 1 -----------------------------------------------------------------------------------------
+# --- failed at run time: exit 1 -----------------------------------------------------------------------------------
 
 def fake_checkpoint(path, d):
     "An untrained model saved as sparse3d_train would, for the tiny dataset"
-    import yaml
     from sparse3d.config import load_config
     from sparse3d.data import POSE_DIM
     from sparse3d.model import VAEGAN
     from sparse3d.train import CHECKPOINT_FORMAT, save_checkpoint
     cfg = load_config(d['config'])
-    save_checkpoint(path, dict(format=CHECKPOINT_FORMAT, model=VAEGAN(cfg, POSE_DIM).state_dict(), config=asdict(cfg), epoch=1,
-                               step=2, history=[], pose_dim=POSE_DIM, threshold=0.5, best_iou=0.1))
-    assert yaml                                            # the config reader the checkpoint's config came from
+    save_checkpoint(path, dict(format=CHECKPOINT_FORMAT, model=VAEGAN(cfg, POSE_DIM).state_dict(), config=asdict(cfg),
+                               epoch=1, step=2, history=[], pose_dim=POSE_DIM, threshold=0.5, best_iou=0.1))
     return path
 
 
-def first_sequence(d): return sorted(p.name for p in (d['co3d']/'chair').iterdir() if p.is_dir() and p.name != 'set_lists')[0]
+def first_sequence(d):
+    "The first sequence of the tiny dataset"
+    return sorted(p.name for p in (d['co3d']/'chair').iterdir() if p.is_dir() and p.name != 'set_lists')[0]
 
 
 RUN_TIME = {     # program: (fault, arguments given a tmp folder and the tiny dataset)
@@ -122,10 +123,11 @@ RUN_TIME = {     # program: (fault, arguments given a tmp folder and the tiny da
                                                         '--sequence', first_sequence(d)]),
     'sparse3d_preprocess_sequence': (DISK_FULL, lambda t, d: ['--input_dir', d['co3d'], '--output_dir', t/'p',
                                                               '--sequence', first_sequence(d), '--image_size', 64]),
-    'sparse3d_preprocess': (DISK_FULL, lambda t, d: ['--input_dir', d['co3d'], '--output_dir', t/'p', '--image_size', 64,
-                                                     '--workers', 1]),
+    'sparse3d_preprocess': (DISK_FULL, lambda t, d: ['--input_dir', d['co3d'], '--output_dir', t/'p',
+                                                     '--image_size', 64, '--workers', 1]),
     'sparse3d_split': (DISK_FULL, lambda t, d: ['--output_dir', copy(d['proc'], t/'proc')]),
-    'sparse3d_train': (DISK_FULL, lambda t, d: ['--config', d['config'], '--input_dir', d['proc'], '--output_dir', t/'r']),
+    'sparse3d_train': (DISK_FULL, lambda t, d: ['--config', d['config'], '--input_dir', d['proc'],
+                                                '--output_dir', t/'r']),
     'sparse3d_test': (DISK_FULL, lambda t, d: ['--model_path', fake_checkpoint(t/'m.pt', d), '--test_dir', d['proc'],
                                                '--output_dir', t/'e', '--device', 'cpu']),
     'sparse3d_bench': (BENCH_STEP_FAILS, lambda t, d: ['--output', t/'B.md']),
