@@ -93,5 +93,6 @@ def test_quick_end_to_end(tmp_path):
     assert res['quick'] and res['threads'] == 1
     assert res['train']['flops_per_step'] > 0 and res['train']['skipped_steps'] == 0
     assert [row['n_sequences'] for row in res['pipeline']['rows']] == [4, 8]
-    assert sorted(p.name for p in out.parent.iterdir()) == ['BENCHMARKS.md', 'bench.json']      # written atomically, no leftovers
+    # written atomically, no leftovers
+    assert sorted(p.name for p in out.parent.iterdir()) == ['BENCHMARKS.md', 'bench.json']
     assert not list(tmp_path.glob('sparse3d_bench_*')), 'temporary work folder left behind'

@@ -76,7 +76,8 @@ def test_building_runs_no_example_code():
 def test_small_site_html(small_site):
     "No browser: what the build writes (runs in `make test`)"
     site, info = small_site
-    reports = [f'{page}.html' for name, page in build_docs.REPORTS.items() if (ROOT/name).exists()]   # BENCHMARKS.md, FAULTS.md
+    # BENCHMARKS.md, FAULTS.md
+    reports = [f'{page}.html' for name, page in build_docs.REPORTS.items() if (ROOT/name).exists()]
     assert sorted(info['pages']) == sorted(['config.html', 'index.html', *reports]), info['pages']
     assert not info['warnings'], info['warnings']
     config, home = (site/'config.html').read_text(encoding='utf-8'), (site/'index.html').read_text(encoding='utf-8')

@@ -67,7 +67,8 @@ def test_processed_root_writes_everything(world, tmp_path):
     assert '2 chair objects of' in p.stdout and 'test split' in p.stdout
     table = [line for line in lines if line.split('|')[0].strip().isdigit()]
     assert [line.split('|')[0].strip() for line in table] == ['1', '2', '4'], p.stdout
-    assert all(len(line.split('|')) == 4 and len(line.split('|')[1].split()) == 3 for line in table)   # model, hull, mean per metric
+    # model, hull, mean per metric
+    assert all(len(line.split('|')) == 4 and len(line.split('|')[1].split()) == 3 for line in table)
 
     assert sorted(f.name for f in out.iterdir()) == ['metrics.json', 'metrics_per_object.csv', 'prediction_3d.html',
                                                      'predictions', 'report.html']

@@ -186,7 +186,8 @@ def tmpfs(path, size):
 def clear_error(p, *words):
     "The CLI failed at run time (exit status 1) with one 'error: ...' line that says `words` (any case), and no traceback"
     err = p.stderr
-    assert p.returncode == 1, (p.returncode, err[-2000:])          # not -7 / 135 (SIGBUS), not 2 (a disk is no bad input)
+    # not -7 / 135 (SIGBUS), not 2 (a disk is no bad input)
+    assert p.returncode == 1, (p.returncode, err[-2000:])
     assert 'Traceback' not in err and 'error:' in err, err[-3000:]
     for w in words: assert w.lower() in err.lower(), (w, err[-2000:])
 
@@ -199,11 +200,13 @@ def test_train_cli_disk_full_then_resume(faults_data, faults_cli, faults_referen
     size = (faults_reference_run/'checkpoints'/'latest.pt').stat().st_size
     cfg = tmp_path/'cfg.yaml'
     cfg.write_text(faults_data['config'].read_text().replace('save_freq: 1', 'save_freq: 100'))
-    with tmpfs(tmp_path/'mnt', 2.5 * size) as fs:               # epoch 1: latest.pt + best.pt fit; epoch 2's latest.pt does not
+    # epoch 1: latest.pt + best.pt fit; epoch 2's latest.pt does not
+    with tmpfs(tmp_path/'mnt', 2.5 * size) as fs:
         out = fs.path/'run'
         p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', cfg, '--input_dir', faults_data['proc'], '--output_dir', out, ok=False)
         clear_error(p, 'disk is full', '.pt: cannot write it')
-        assert {q.name: load_checkpoint(q)['epoch'] for q in (out/'checkpoints').glob('*.pt')}['latest.pt'] == 1   # all load
+        # all load
+        assert {q.name: load_checkpoint(q)['epoch'] for q in (out/'checkpoints').glob('*.pt')}['latest.pt'] == 1
         assert leftovers(out) == []
         fs.remount(f'size={int(8 * size)}')
         faults_cli.run(faults_cli.bin/'sparse3d_train', '--input_dir', faults_data['proc'], '--output_dir', out, '--resume')

@@ -68,7 +68,8 @@ def wait_for(path, p, timeout=120):
 def check_run_dir(out):
     "What must hold in a run folder at any moment, even right after a kill -9: returns the epochs of the checkpoints"
     ck = out/'checkpoints'
-    epochs = {p.name: load_checkpoint(p)['epoch'] for p in sorted(ck.glob('*.pt'))} if ck.exists() else {}  # loads or raises
+    # loads or raises
+    epochs = {p.name: load_checkpoint(p)['epoch'] for p in sorted(ck.glob('*.pt'))} if ck.exists() else {}
     for name, e in epochs.items():
         if name.startswith('epoch_'): assert e == int(name[6:-3]), (name, e)
     if (out/'metrics.jsonl').exists():

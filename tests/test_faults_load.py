@@ -74,7 +74,8 @@ def test_resume_with_worker_processes_equals_uninterrupted(faults_data, faults_c
                                            '--output_dir', out, *a)
     train(tmp_path/'a')
     shutil.copytree(tmp_path/'a', tmp_path/'b')
-    (tmp_path/'b'/'checkpoints'/'epoch_1.pt').replace(tmp_path/'b'/'checkpoints'/'latest.pt')   # as if stopped after epoch 1
+    # as if stopped after epoch 1
+    (tmp_path/'b'/'checkpoints'/'epoch_1.pt').replace(tmp_path/'b'/'checkpoints'/'latest.pt')
     train(tmp_path/'b', '--resume')
     from sparse3d.train import load_checkpoint
     a, b = (load_checkpoint(tmp_path/r/'checkpoints'/'latest.pt')['model'] for r in 'ab')

@@ -99,7 +99,8 @@ def poison_loss(monkeypatch, kind, steps):
         if seen['n'] - 1 in steps:
             if kind == 'nan loss': terms['total'] = terms['total'] * float('nan')
             elif kind == 'inf loss': terms['total'] = terms['total'] + float('inf')
-            else: terms['total'] = terms['total'] + 0 * torch.sqrt((out.mu - out.mu.detach()).abs()).sum()   # value unchanged, gradient NaN
+            # value unchanged, gradient NaN
+            else: terms['total'] = terms['total'] + 0 * torch.sqrt((out.mu - out.mu.detach()).abs()).sum()
         return terms
     monkeypatch.setattr(train_mod, 'vae_gan_loss', loss)
 

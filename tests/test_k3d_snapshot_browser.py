@@ -96,7 +96,8 @@ def test_snapshot_draws_voxels_playwright(snapshot, tmp_path):
             page.evaluate('() => Promise.resolve(window.K3DInstance).then(() => new Promise('
                           'r => requestAnimationFrame(() => requestAnimationFrame(r))))')
             page.wait_for_selector('#canvasTarget canvas', state='attached')
-            for _ in range(40):                                           # SwiftShader may take a moment: poll the pixels
+            # SwiftShader may take a moment: poll the pixels
+            for _ in range(40):
                 page.screenshot(path=str(shot))
                 shares = pixel_shares(shot)
                 if shares['drawn'] > 0.03: break

@@ -93,7 +93,8 @@ def test_report_in_chromium(reports, kind, tmp_path):
             frame.evaluate('() => Promise.resolve(window.K3DInstance).then(() => new Promise('
                            'r => requestAnimationFrame(() => requestAnimationFrame(r))))')
             frame.wait_for_selector('#canvasTarget canvas', state='attached')
-            for _ in range(40):                                                   # SwiftShader may take a moment: poll the pixels
+            # SwiftShader may take a moment: poll the pixels
+            for _ in range(40):
                 iframe.screenshot(path=str(frame_shot))
                 share = drawn_share(frame_shot)
                 if share > 0.03: break
