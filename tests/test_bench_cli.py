@@ -35,7 +35,8 @@ def fake_checkpoint(path, **cfg_kw):
     from sparse3d.model import VAEGAN
     from sparse3d.train import CHECKPOINT_FORMAT, save_checkpoint
     cfg = load_config(None, **{'image_size': 64, 'cube_len': 32, 'z_size': 16, **cfg_kw})
-    save_checkpoint(path, dict(format=CHECKPOINT_FORMAT, model=VAEGAN(cfg, POSE_DIM).state_dict(), config=asdict(cfg), epoch=2,
+    save_checkpoint(path, dict(format=CHECKPOINT_FORMAT, model=VAEGAN(cfg, POSE_DIM).state_dict(), config=asdict(cfg),
+                               epoch=2,
                                step=4, history=[], pose_dim=POSE_DIM, threshold=0.5, best_iou=0.2))
     return Path(path)
 
@@ -52,14 +53,16 @@ def test_bad_runs_spec(tmp_path):
 
 
 def test_missing_checkpoint(tmp_path):
-    line = one_error_line(bench('--output', tmp_path/'B.md', '--runs', f"pose, mean={tmp_path/'nope.pt'}", '--test_dir', tmp_path))
+    line = one_error_line(bench('--output', tmp_path/'B.md', '--runs', f"pose, mean={tmp_path/'nope.pt'}",
+                                '--test_dir', tmp_path))
     assert f"{tmp_path/'nope.pt'}: checkpoint of 'pose, mean' not found" in line
 
 
 def test_runs_need_test_dir(tmp_path):
     ck = fake_checkpoint(tmp_path/'run'/'checkpoints'/'best.pt')
     assert '--runs needs --test_dir' in one_error_line(bench('--output', tmp_path/'B.md', '--runs', f'a={ck}'))
-    assert 'no packed test split here' in one_error_line(bench('--output', tmp_path/'B.md', '--runs', f'a={ck}', '--test_dir', tmp_path))
+    assert 'no packed test split here' in one_error_line(bench('--output', tmp_path/'B.md', '--runs', f'a={ck}',
+                                                               '--test_dir', tmp_path))
 
 
 def test_output_is_a_folder(tmp_path):
@@ -71,13 +74,15 @@ def test_quick_end_to_end(tmp_path):
     from sparse3d.preprocess import PreprocessSettings, preprocess_category, split_and_pack
     from sparse3d.synthetic import render_dataset
     render_dataset(tmp_path/'co3d', n_sequences=5, n_frames=8, image_size=64, seed=3, workers=1, progress=False)
-    preprocess_category(tmp_path/'co3d', tmp_path/'proc', 'chair', PreprocessSettings(image_size=64, cube_len=32), workers=1, progress=False)
+    preprocess_category(tmp_path/'co3d', tmp_path/'proc', 'chair', PreprocessSettings(image_size=64, cube_len=32),
+                        workers=1, progress=False)
     split_and_pack(tmp_path/'proc', 'chair', tmp_path/'co3d', progress=False)
     ck = fake_checkpoint(tmp_path/'run'/'checkpoints'/'best.pt')
     (tmp_path/'run'/'metrics.jsonl').write_text('{"epoch": 1, "seconds": 60, "val_iou_best": 0.1}\n'
                                                '{"epoch": 2, "seconds": 60, "val_iou_best": 0.2}\n')
     out, js = tmp_path/'out'/'BENCHMARKS.md', tmp_path/'out'/'bench.json'
-    r = bench('--quick', '--output', out, '--json_path', js, '--threads', 1, '--runs', f'untrained={ck}', '--test_dir', tmp_path/'proc',
+    r = bench('--quick', '--output', out, '--json_path', js, '--threads', 1, '--runs', f'untrained={ck}',
+              '--test_dir', tmp_path/'proc',
               '--work_dir', tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith(f'{out}: training '), r.stdout

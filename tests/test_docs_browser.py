@@ -164,11 +164,13 @@ def serve(folder):
 @pytest.fixture
 def browser(tmp_path):
     "A fresh headless Chromium (Playwright, Debian's binary); requests leaving loopback are refused and recorded"
-    sync_api = pytest.importorskip('playwright.sync_api', reason='Playwright is not installed (PyPI `playwright`; the browser is '
+    sync_api = pytest.importorskip('playwright.sync_api',
+                                   reason='Playwright is not installed (PyPI `playwright`; the browser is '
                                    "Debian's /usr/bin/chromium, so no `playwright install` is needed)")
     if not CHROMIUM.exists(): pytest.skip(f'no Chromium at {CHROMIUM} (apt-get install chromium)')
     with sync_api.sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp_path/'profile'), executable_path=str(CHROMIUM), headless=True,
+        ctx = p.chromium.launch_persistent_context(str(tmp_path/'profile'), executable_path=str(CHROMIUM),
+                                                   headless=True,
                                                    args=ARGS, viewport=dict(width=1280, height=900))
         ctx.outside = []
         def block(route):
@@ -265,7 +267,8 @@ def test_k3d_snapshot_in_tutorial_draws_voxels(site_with_snapshot, browser, tmp_
 
 
 TINY_NOTEBOOK = {
-    'cells': [{'cell_type': 'code', 'execution_count': None, 'id': 'k3d-live', 'metadata': {}, 'outputs': [], 'source': [
+    'cells': [{'cell_type': 'code', 'execution_count': None, 'id': 'k3d-live', 'metadata': {}, 'outputs': [],
+               'source': [
         'import numpy as np\n',
         'from sparse3d.viz import show_voxels\n',
         'g = np.zeros((16, 16, 16), np.float32)\n',
@@ -300,7 +303,8 @@ def test_jupyterlab_live_k3d_widget_draws(browser, tmp_path):
     work.mkdir()
     (work/'tiny.ipynb').write_text(json.dumps(TINY_NOTEBOOK), encoding='utf-8')
     port, token = free_port(), secrets.token_hex(16)
-    env = {**os.environ, 'JUPYTER_RUNTIME_DIR': str(tmp_path/'runtime'), 'JUPYTERLAB_WORKSPACES_DIR': str(tmp_path/'workspaces'),
+    env = {**os.environ, 'JUPYTER_RUNTIME_DIR': str(tmp_path/'runtime'),
+           'JUPYTERLAB_WORKSPACES_DIR': str(tmp_path/'workspaces'),
            'JUPYTERLAB_SETTINGS_DIR': str(tmp_path/'settings'), 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
     cmd = [str(jupyter), 'lab', '--no-browser', '--allow-root', f'--port={port}', '--ServerApp.ip=127.0.0.1',
            f'--ServerApp.token={token}', '--ServerApp.port_retries=0', f'--ServerApp.root_dir={work}',

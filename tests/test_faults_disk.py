@@ -57,7 +57,8 @@ def test_atomic_write_refused_keeps_previous_file(tmp_path, monkeypatch, fault, 
 
 
 def test_atomic_write_other_errors_pass_through(tmp_path, fault):
-    fault.describe('Disk', 'a non-disk error inside atomic_write (a bug in the caller)', 'raised unchanged, not disguised as a disk error')
+    fault.describe('Disk', 'a non-disk error inside atomic_write (a bug in the caller)',
+                   'raised unchanged, not disguised as a disk error')
     fault.case()
     target = tmp_path/'x.json'; target.write_text('old')
     def write_then_fail():
@@ -69,7 +70,8 @@ def test_atomic_write_other_errors_pass_through(tmp_path, fault):
 
 
 def test_atomic_write_respects_umask(tmp_path, fault):
-    fault.describe('Disk', 'file mode of atomically written outputs', 'same mode as an ordinary write (umask), not 0600')
+    fault.describe('Disk', 'file mode of atomically written outputs',
+                   'same mode as an ordinary write (umask), not 0600')
     fault.case()
     with atomic_write(tmp_path/'a.bin') as f: f.write(b'x')
     (tmp_path/'b.bin').write_bytes(b'x')
@@ -96,7 +98,8 @@ def failing_save(monkeypatch, at_epoch, hidden):
     monkeypatch.setattr(config_mod.os, 'fsync', fsync)
 
 
-@pytest.mark.parametrize('hidden', [pytest.param(False, marks=pytest.mark.slow), True], ids=['oserror', 'torch-runtimeerror'])
+@pytest.mark.parametrize('hidden', [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=['oserror', 'torch-runtimeerror'])
 def test_fit_checkpoint_disk_full_keeps_last_checkpoint(faults_data, tmp_path, monkeypatch, fault, hidden):
     fault.describe('Disk', 'disk full while fit() writes the checkpoints of epoch 2' + (' (torch.save hides the OSError in a RuntimeError)' if hidden else ''),
                    'OutputError naming the checkpoint; latest.pt still epoch 1 and loads; metrics.jsonl says epoch 1; no temp files')
@@ -133,7 +136,8 @@ def test_preprocess_disk_full_keeps_previous_outputs(faults_data, tmp_path, monk
         return real(fd)
     monkeypatch.setattr(config_mod.os, 'fsync', fsync)
     st = PreprocessSettings(image_size=32)
-    with pytest.raises(Sparse3DError) as e: preprocess_category(faults_data['co3d'], out, 'chair', st, workers=1, progress=False)
+    with pytest.raises(Sparse3DError) as e: preprocess_category(faults_data['co3d'], out, 'chair', st, workers=1,
+                                                                progress=False)
     monkeypatch.undo()
     fault.case()
     assert 'disk is full' in str(e.value) and str(out) in str(e.value), str(e.value)
@@ -160,7 +164,8 @@ def test_preprocess_read_only_output_stops_run(faults_data, tmp_path, monkeypatc
     def refuse(*a, **k): raise OSError(errno.EROFS, os.strerror(errno.EROFS))
     monkeypatch.setattr(config_mod.tempfile, 'mkstemp', refuse)
     with pytest.raises(Sparse3DError) as e:
-        preprocess_category(faults_data['co3d'], tmp_path/'proc', 'chair', PreprocessSettings(image_size=32), workers=1, progress=False)
+        preprocess_category(faults_data['co3d'], tmp_path/'proc', 'chair', PreprocessSettings(image_size=32), workers=1,
+                            progress=False)
     assert 'read-only' in str(e.value) and str(tmp_path/'proc') in str(e.value)
 
 
@@ -177,7 +182,8 @@ def tmpfs(path, size):
     "A tmpfs of `size` bytes mounted at `path` (skip the test where that is not allowed)"
     if os.geteuid() != 0 or not shutil.which('mount'): pytest.skip('mounting a tmpfs needs root; the patched-writer tests cover this')
     path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={int(size)},mode=0755', 'tmpfs', str(path)], capture_output=True, text=True)
+    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={int(size)},mode=0755', 'tmpfs', str(path)],
+                       capture_output=True, text=True)
     if r.returncode: pytest.skip(f'cannot mount a tmpfs here ({r.stderr.strip()}); the patched-writer tests cover this')
     try: yield Tmpfs(path)
     finally: subprocess.run(['umount', '-l', str(path)], capture_output=True)
@@ -203,13 +209,15 @@ def test_train_cli_disk_full_then_resume(faults_data, faults_cli, faults_referen
     # epoch 1: latest.pt + best.pt fit; epoch 2's latest.pt does not
     with tmpfs(tmp_path/'mnt', 2.5 * size) as fs:
         out = fs.path/'run'
-        p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', cfg, '--input_dir', faults_data['proc'], '--output_dir', out, ok=False)
+        p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', cfg, '--input_dir', faults_data['proc'],
+                           '--output_dir', out, ok=False)
         clear_error(p, 'disk is full', '.pt: cannot write it')
         # all load
         assert {q.name: load_checkpoint(q)['epoch'] for q in (out/'checkpoints').glob('*.pt')}['latest.pt'] == 1
         assert leftovers(out) == []
         fs.remount(f'size={int(8 * size)}')
-        faults_cli.run(faults_cli.bin/'sparse3d_train', '--input_dir', faults_data['proc'], '--output_dir', out, '--resume')
+        faults_cli.run(faults_cli.bin/'sparse3d_train', '--input_dir', faults_data['proc'], '--output_dir', out,
+                       '--resume')
         a, b = load_checkpoint(out/'checkpoints'/'latest.pt'), load_checkpoint(faults_reference_run/'checkpoints'/'latest.pt')
         assert a['epoch'] == 3 and all(torch.equal(a['model'][k], b['model'][k]) for k in b['model'])
 
@@ -227,7 +235,8 @@ def test_train_cli_read_only_run_folder(faults_data, faults_cli, faults_referenc
         shutil.copy(faults_reference_run/'checkpoints'/'epoch_1.pt', out/'checkpoints'/'latest.pt')
         before = tree_digest(out)
         fs.remount('ro')
-        p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--input_dir', faults_data['proc'], '--output_dir', out, '--resume', ok=False)
+        p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--input_dir', faults_data['proc'], '--output_dir', out,
+                           '--resume', ok=False)
         clear_error(p, 'read-only')
         assert 'epoch 2/' not in p.stderr and tree_digest(out) == before
 
@@ -235,11 +244,13 @@ def test_train_cli_read_only_run_folder(faults_data, faults_cli, faults_referenc
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_train_cli_new_run_folder_on_read_only_fs(faults_data, faults_cli, tmp_path, fault):
-    fault.describe('Disk', 'sparse3d_train with a new --output_dir on a read-only file system', 'one-line error, no traceback')
+    fault.describe('Disk', 'sparse3d_train with a new --output_dir on a read-only file system',
+                   'one-line error, no traceback')
     fault.case()
     with tmpfs(tmp_path/'mnt', 1e6) as fs:
         fs.remount('ro')
-        p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', faults_data['config'], '--input_dir', faults_data['proc'],
+        p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', faults_data['config'],
+                           '--input_dir', faults_data['proc'],
                            '--output_dir', fs.path/'run', ok=False)
         clear_error(p, 'read-only')
 
@@ -261,7 +272,8 @@ def test_preprocess_cli_disk_full_then_rerun(faults_data, faults_cli, tmp_path, 
     size = 64 * 1024 if where == 'sequences' else per_seq + 64 * 1024 + du(ref/'packed') // 2   # packing cannot fit
     with tmpfs(tmp_path/'mnt', size) as fs:
         out = fs.path/'proc'
-        args = [faults_cli.bin/'sparse3d_preprocess', '--input_dir', faults_data['co3d'], '--output_dir', out, '--image_size', 64, '--workers', 2]
+        args = [faults_cli.bin/'sparse3d_preprocess', '--input_dir', faults_data['co3d'], '--output_dir', out,
+                '--image_size', 64, '--workers', 2]
         p = faults_cli.run(*args, ok=False)
         clear_error(p, 'disk is full', str(out))
         if where == 'packing': assert '6 sequences processed' in p.stdout, p.stdout

@@ -120,7 +120,8 @@ def killed_mid_checkpoint(faults_data, faults_cli, tmp_path_factory):
 
 
 def test_kill_mid_checkpoint_write_every_checkpoint_loads(killed_mid_checkpoint, fault):
-    fault.describe('Interruption', 'kill -9 of sparse3d_train while latest.pt is half-written (torch.save stalled mid-write)',
+    fault.describe('Interruption',
+                   'kill -9 of sparse3d_train while latest.pt is half-written (torch.save stalled mid-write)',
                    'every .pt that exists loads; latest.pt is the previous complete epoch')
     fault.case()
     k = killed_mid_checkpoint['after_kill']
@@ -131,7 +132,8 @@ def test_kill_mid_checkpoint_write_every_checkpoint_loads(killed_mid_checkpoint,
 
 
 def test_kill_mid_checkpoint_resume_equals_uninterrupted(killed_mid_checkpoint, faults_reference_run, fault):
-    fault.describe('Interruption', 'kill -9 mid-checkpoint, then --resume', 'resumes at epoch 2; final weights, optimiser '
+    fault.describe('Interruption', 'kill -9 mid-checkpoint, then --resume',
+                   'resumes at epoch 2; final weights, optimiser '
                    'state and metrics equal an uninterrupted run')
     fault.case()
     out = killed_mid_checkpoint['out']
@@ -151,7 +153,8 @@ def test_kill_mid_checkpoint_no_temp_files_left_after_resume(killed_mid_checkpoi
 
 @pytest.mark.slow
 def test_kill_between_epoch_checkpoint_and_latest(faults_data, faults_cli, faults_reference_run, tmp_path, fault):
-    fault.describe('Interruption', 'kill -9 after epoch_1.pt is written, while best.pt is half-written, before latest.pt',
+    fault.describe('Interruption',
+                   'kill -9 after epoch_1.pt is written, while best.pt is half-written, before latest.pt',
                    'the re-run redoes epoch 1; in the end it has every checkpoint an uninterrupted run has (epoch_N.pt, '
                    'best.pt), all equal to it, and no temporary file')
     fault.case()
@@ -178,7 +181,8 @@ EPOCHS = 6
 def reference6(faults_data, faults_cli, tmp_path_factory):
     "An uninterrupted run of the tiny config for 6 epochs"
     out = tmp_path_factory.mktemp('ref6')/'run'
-    faults_cli.run(faults_cli.bin/'sparse3d_train', *train_args(faults_cli, faults_data, out, False), '--n_epochs', EPOCHS)
+    faults_cli.run(faults_cli.bin/'sparse3d_train', *train_args(faults_cli, faults_data, out, False),
+                   '--n_epochs', EPOCHS)
     return out
 
 
@@ -218,7 +222,8 @@ def marks(mark): return len(mark.read_text().splitlines()) if mark.exists() else
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize('seed', [0, 1])
 def test_kill_at_random_points_then_resume(faults_data, faults_cli, reference6, tmp_path, fault, seed):
-    fault.describe('Interruption', f'kill -9 of sparse3d_train ({EPOCHS} epochs) at random points (seed {seed}: after 0-3 '
+    fault.describe('Interruption',
+                   f'kill -9 of sparse3d_train ({EPOCHS} epochs) at random points (seed {seed}: after 0-3 '
                    'checkpoint writes, then a random delay), resumed each time',
                    'every checkpoint loads after every kill; the run resumes from the last complete epoch; the final '
                    'weights equal an uninterrupted run')
@@ -242,7 +247,8 @@ def test_kill_at_random_points_then_resume(faults_data, faults_cli, reference6, 
 @pytest.mark.timeout(900)
 def test_kill_at_random_points_during_slow_checkpoint_writes(faults_data, faults_cli, reference6, tmp_path, fault):
     fault.describe('Interruption', 'kill -9 inside a randomly chosen checkpoint write (every torch.save stalls 0.4 s '
-                   'half-written), resumed each time', 'no half-written .pt is ever seen; the final weights equal an uninterrupted run')
+                   'half-written), resumed each time',
+                   'no half-written .pt is ever seen; the final weights equal an uninterrupted run')
     script, mark = wrapper(tmp_path, None, None, sleep=0.4)
     rng = random.Random(7)
     def inside_a_write(p, attempt):
@@ -273,7 +279,8 @@ def test_kill_preprocess_at_random_points_then_rerun(faults_cli, tmp_path, fault
     co3d = tmp_path/'co3d'
     faults_cli.run(faults_cli.bin/'sparse3d_synth', '--out', co3d, '--sequences', 24, '--frames', 6, '--image_size', 64,
                    '--seed', 5, '--workers', 2, '--quiet')
-    args = lambda out: [faults_cli.bin/'sparse3d_preprocess', '--input_dir', co3d, '--output_dir', out, '--image_size', 64, '--workers', 2]
+    args = lambda out: [faults_cli.bin/'sparse3d_preprocess', '--input_dir', co3d, '--output_dir', out,
+                        '--image_size', 64, '--workers', 2]
     faults_cli.run(*args(tmp_path/'ref'))
     rng, out, kills = random.Random(11), tmp_path/'out', 0
     done = lambda: len(list((out/'chair').glob('*_processed/sequence_meta.json')))

@@ -43,7 +43,8 @@ def test_preprocess_many_sequences_workers_byte_identical(big, fault):
     a, b = tree_digest(big['proc'][1]), tree_digest(big['proc'][3])
     assert len(a) > N_SEQ * N_FRAMES * 4 and a == b, sorted(set(a.items()) ^ set(b.items()))[:5]
     idx = json.loads((big['proc'][1]/'chair'/'packed'/'train'/'index.json').read_text())
-    assert np.load(big['proc'][1]/'chair'/'packed'/'train'/'images.npy', mmap_mode='r').shape == (idx['n_frames'], SIZE, SIZE, 3)
+    images = np.load(big['proc'][1]/'chair'/'packed'/'train'/'images.npy', mmap_mode='r')
+    assert images.shape == (idx['n_frames'], SIZE, SIZE, 3), images.shape
 
 
 def test_worker_processes_see_each_epochs_views(faults_data, fault):
@@ -70,7 +71,8 @@ def test_resume_with_worker_processes_equals_uninterrupted(faults_data, faults_c
     fault.case()
     cfg = tmp_path/'cfg.yaml'
     cfg.write_text(faults_data['config'].read_text().replace('workers: 0', 'workers: 2'))
-    train = lambda out, *a: faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', cfg, '--input_dir', faults_data['proc'],
+    train = lambda out, *a: faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', cfg,
+                                           '--input_dir', faults_data['proc'],
                                            '--output_dir', out, *a)
     train(tmp_path/'a')
     shutil.copytree(tmp_path/'a', tmp_path/'b')
@@ -135,7 +137,8 @@ def test_training_memory_flat_across_epochs(faults_data, faults_cli, tmp_path, f
                    'RSS of the process sampled after every epoch', 'no growth after the third epoch beyond 40 MB')
     fault.case(epochs)
     script = tmp_path/'rss_train.py'
-    script.write_text(RSS_TRAIN.format(config=str(faults_data['config']), epochs=epochs, proc_dir=str(faults_data['proc']),
+    script.write_text(RSS_TRAIN.format(config=str(faults_data['config']), epochs=epochs,
+                                       proc_dir=str(faults_data['proc']),
                                        out=str(tmp_path/'run')))
     rss = json.loads(faults_cli.run(sys.executable, script, timeout=1500).stdout.strip().splitlines()[-1])
     growth, ok, mb = flat(rss[:-1], 3, 40)             # the last epoch also draws the sample figure (matplotlib)

@@ -105,7 +105,8 @@ def poison_loss(monkeypatch, kind, steps):
     monkeypatch.setattr(train_mod, 'vae_gan_loss', loss)
 
 
-@pytest.mark.parametrize('kind', ['nan loss', pytest.param('inf loss', marks=pytest.mark.slow), pytest.param('nan gradient', marks=pytest.mark.slow)])
+@pytest.mark.parametrize('kind', ['nan loss', pytest.param('inf loss', marks=pytest.mark.slow),
+                                  pytest.param('nan gradient', marks=pytest.mark.slow)])
 def test_non_finite_step_skipped_run_continues(faults_data, tmp_path, monkeypatch, fault, kind):
     fault.describe('Numerics', f'{kind} at one step of epoch 2', 'that step skipped with a warning naming the epoch; '
                    'the run finishes with finite weights; the other steps count')

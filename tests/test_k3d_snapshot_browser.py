@@ -75,7 +75,8 @@ def test_snapshot_is_self_contained(snapshot):
 
 @pytest.mark.browser
 def test_snapshot_draws_voxels_playwright(snapshot, tmp_path):
-    sync_api = pytest.importorskip('playwright.sync_api', reason='Playwright is not installed (PyPI `playwright`; the browser is '
+    sync_api = pytest.importorskip('playwright.sync_api',
+                                   reason='Playwright is not installed (PyPI `playwright`; the browser is '
                                    'Debian\'s /usr/bin/chromium, so no `playwright install` is needed)')
     if not CHROMIUM.exists(): pytest.skip(f'no Chromium at {CHROMIUM} (apt-get install chromium)')
     requests, errors = [], []
@@ -84,7 +85,8 @@ def test_snapshot_draws_voxels_playwright(snapshot, tmp_path):
         route.abort()
     shot, shares = tmp_path/'chair_playwright.png', None
     with sync_api.sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp_path/'profile'), executable_path=str(CHROMIUM), headless=True,
+        ctx = p.chromium.launch_persistent_context(str(tmp_path/'profile'), executable_path=str(CHROMIUM),
+                                                   headless=True,
                                                    args=ARGS, viewport=dict(width=WIDTH, height=HEIGHT))
         try:
             page = ctx.new_page()

@@ -51,7 +51,8 @@ def test_exact_co3d_layout(roots):
         expected.add(f'chair/{name}/pointcloud.ply')
         for k in range(1, F + 1):
             expected |= {f'chair/{name}/images/frame{k:06d}.jpg', f'chair/{name}/masks/frame{k:06d}.png',
-                         f'chair/{name}/depths/frame{k:06d}.jpg.geometric.png', f'chair/{name}/depth_masks/frame{k:06d}.png'}
+                         f'chair/{name}/depths/frame{k:06d}.jpg.geometric.png',
+                         f'chair/{name}/depth_masks/frame{k:06d}.png'}
     assert set(tree(root)) == expected                 # nothing missing, no temporary or .partial leftovers
     assert load_subsets(root) == {'chair': ['fewview_dev', 'manyview_dev_0']}
     few = load_set_list(root, 'chair', 'fewview_dev')
