@@ -36,7 +36,7 @@ PY = sys.executable
 # --- building ------------------------------------------------------------------------------------------------
 
 def build_site(tmp, *only):
-    "Build the home page and the notebooks `only` into `tmp/site`, as `make docs` does but in its own process; the summary"
+    "Build the home page and the notebooks `only` into `tmp/site`, as `make docs` does, in its own process; the summary"
     cmd = [PY, str(ROOT/'tools'/'build_docs.py'), '--out', str(tmp/'site'), '--stage', str(tmp/'stage'), '--quiet',
            '--summary', str(tmp/'summary.json'), '--only', *only]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -66,7 +66,7 @@ def test_page_names_follow_nbdev():
 
 
 def test_building_runs_no_example_code():
-    "For show_doc, a cell that mixes imports with other code runs only its imports: no training or rendering at build time"
+    "For show_doc, a cell that mixes imports with other code runs only its imports: no training or rendering at build"
     src = 'import numpy as np\nfrom pathlib import Path\nroot = render_dataset(Path("/tmp/x"), 200)\nfit(cfg)\n'
     assert build_docs._imports_only(src) == 'import numpy as np\nfrom pathlib import Path'
     assert build_docs._imports_only('fit(cfg)') is None
@@ -197,7 +197,7 @@ def drawn_share(png, background=255, tol=24) -> float:
 
 
 def poll_pixels(shoot, png, want=0.03, tries=60, pause=250, page=None):
-    "Screenshot with `shoot(path)` until more than `want` of it is drawn (SwiftShader can take a moment); the last share"
+    "Screenshot with `shoot(path)` until more than `want` of it is drawn (SwiftShader takes a moment); the last share"
     share = 0.0
     for _ in range(tries):
         shoot(str(png))
@@ -331,7 +331,8 @@ def test_jupyterlab_live_k3d_widget_draws(browser, tmp_path):
     finally:
         stop(proc)
         log.close()
-    assert share > 0.03, (f'only {share:.2%} of the widget output is not background: the k3d widget drew no voxels ({shot}); '
+    assert share > 0.03, (f'only {share:.2%} of the widget output is not background: the k3d widget drew no voxels '
+                          f'({shot}); '
                           f'lab log: {(tmp_path/"lab.log").read_text()[-1500:]}')
     assert not browser.outside, f'JupyterLab asked the web for {browser.outside}'
     assert not [e for e in lab_errors if 'k3d' in e.lower() or 'widget' in e.lower()], lab_errors

@@ -25,7 +25,7 @@ def sparse3d_test(*args, ok=True, timeout=600): return run_cli(BIN/'sparse3d_tes
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
-    "A CO3D-format root of 8 synthetic chairs (6 frames of 64 px), its processed form (4 train, 2 val, 2 test), two tiny models"
+    "A CO3D-format root of 8 synthetic chairs (6 frames of 64 px), processed (4 train, 2 val, 2 test), two tiny models"
     from sparse3d.synthetic import render_dataset
     from sparse3d.preprocess import PreprocessSettings, preprocess_category, split_and_pack
     from sparse3d.config import load_config
@@ -160,7 +160,8 @@ def test_photos_pose_model(world, photos, tmp_path):
     assert m['inputs'][0]['camera']['image_size'] == [64, 64]                # the crop's camera
     p = sparse3d_test('--model_path', ckpt(world), '--test_dir', bare, '--output_dir', tmp_path/'no', '--device', 'cpu',
                       ok=False)
-    assert p.returncode != 0 and p.stderr.strip().startswith('error: ') and 'trained with camera poses, but IMG_0001' in p.stderr
+    assert p.returncode != 0 and p.stderr.strip().startswith('error: '), p.stderr
+    assert 'trained with camera poses, but IMG_0001' in p.stderr, p.stderr
     assert not (tmp_path/'no').exists()
 
 

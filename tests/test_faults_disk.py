@@ -22,11 +22,12 @@ ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def digest(path): return hashlib.sha1(Path(path).read_bytes()).hexdigest()
-def tree_digest(root): return {str(p.relative_to(root)): digest(p) for p in sorted(Path(root).rglob('*')) if p.is_file()}
+def tree_digest(root):
+    return {str(p.relative_to(root)): digest(p) for p in sorted(Path(root).rglob('*')) if p.is_file()}
 def leftovers(root): return sorted(str(p.relative_to(root)) for p in Path(root).rglob('*') if '.tmp' in p.name)
 
 
-# --- atomic_write, the one writer every output goes through ------------------------------------------------------------
+# --- atomic_write, the one writer every output goes through ------------------------------------------------------
 
 STAGES = ['mkstemp', 'write', 'fsync', 'replace']
 ERRNOS = {errno.ENOSPC: 'disk is full', errno.EDQUOT: 'quota', errno.EROFS: 'read-only', errno.EACCES: 'permission'}
@@ -35,7 +36,8 @@ ERRNOS = {errno.ENOSPC: 'disk is full', errno.EDQUOT: 'quota', errno.EROFS: 'rea
 @pytest.mark.parametrize('stage', STAGES)
 @pytest.mark.parametrize('code', list(ERRNOS))
 def test_atomic_write_refused_keeps_previous_file(tmp_path, monkeypatch, fault, stage, code):
-    fault.describe('Disk', 'ENOSPC, EDQUOT, EROFS or EACCES raised by mkstemp, write, fsync or replace inside atomic_write',
+    fault.describe('Disk', 'ENOSPC, EDQUOT, EROFS or EACCES raised by mkstemp, write, fsync or replace inside '
+                   'atomic_write',
                    'OutputError naming the file and the cause; previous content intact; no temporary file')
     fault.case()
     target = tmp_path/'out'/'latest.pt'
@@ -78,7 +80,7 @@ def test_atomic_write_respects_umask(tmp_path, fault):
     assert (tmp_path/'a.bin').stat().st_mode & 0o777 == (tmp_path/'b.bin').stat().st_mode & 0o777
 
 
-# --- a checkpoint write fails in fit(), in-process ----------------------------------------------------------------------
+# --- a checkpoint write fails in fit(), in-process ----------------------------------------------------------------
 
 def failing_save(monkeypatch, at_epoch, hidden):
     "torch.save that writes half of the checkpoint of `at_epoch` and fails as a full disk makes it fail"
@@ -101,8 +103,10 @@ def failing_save(monkeypatch, at_epoch, hidden):
 @pytest.mark.parametrize('hidden', [pytest.param(False, marks=pytest.mark.slow), True],
                          ids=['oserror', 'torch-runtimeerror'])
 def test_fit_checkpoint_disk_full_keeps_last_checkpoint(faults_data, tmp_path, monkeypatch, fault, hidden):
-    fault.describe('Disk', 'disk full while fit() writes the checkpoints of epoch 2' + (' (torch.save hides the OSError in a RuntimeError)' if hidden else ''),
-                   'OutputError naming the checkpoint; latest.pt still epoch 1 and loads; metrics.jsonl says epoch 1; no temp files')
+    hides = ' (torch.save hides the OSError in a RuntimeError)' if hidden else ''
+    fault.describe('Disk', 'disk full while fit() writes the checkpoints of epoch 2' + hides,
+                   'OutputError naming the checkpoint; latest.pt still epoch 1 and loads; metrics.jsonl says epoch 1; '
+                   'no temp files')
     fault.case()
     cfg = load_config(faults_data['config'], n_epochs=2)
     failing_save(monkeypatch, 2, hidden)
@@ -117,11 +121,12 @@ def test_fit_checkpoint_disk_full_keeps_last_checkpoint(faults_data, tmp_path, m
     assert leftovers(tmp_path) == []
 
 
-# --- preprocessing: the disk fills up in the middle of a re-run ----------------------------------------------------------
+# --- preprocessing: the disk fills up in the middle of a re-run ----------------------------------------------------
 
 def test_preprocess_disk_full_keeps_previous_outputs(faults_data, tmp_path, monkeypatch, fault):
-    fault.describe('Disk', 'disk full in the middle of re-processing a category with new settings (fsync fails from the 25th write on)',
-                   'OutputError naming the file; every sequence is either its old complete self or its new one; packed splits untouched; a re-run finishes')
+    fault.describe('Disk', 'disk full in the middle of re-processing a category with new settings (fsync fails from '
+                   'the 25th write on)', 'OutputError naming the file; every sequence is either its old complete self '
+                   'or its new one; packed splits untouched; a re-run finishes')
     from sparse3d.preprocess import PreprocessSettings, preprocess_category, load_sequence_meta, split_and_pack
     from sparse3d.co3d import load_image
     out = tmp_path/'proc'
@@ -180,7 +185,8 @@ class Tmpfs:
 @contextlib.contextmanager
 def tmpfs(path, size):
     "A tmpfs of `size` bytes mounted at `path` (skip the test where that is not allowed)"
-    if os.geteuid() != 0 or not shutil.which('mount'): pytest.skip('mounting a tmpfs needs root; the patched-writer tests cover this')
+    if os.geteuid() != 0 or not shutil.which('mount'):
+        pytest.skip('mounting a tmpfs needs root; the patched-writer tests cover this')
     path.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={int(size)},mode=0755', 'tmpfs', str(path)],
                        capture_output=True, text=True)
@@ -190,7 +196,7 @@ def tmpfs(path, size):
 
 
 def clear_error(p, *words):
-    "The CLI failed at run time (exit status 1) with one 'error: ...' line that says `words` (any case), and no traceback"
+    "The CLI failed at run time (exit status 1) with one 'error: ...' line saying `words` (any case), no traceback"
     err = p.stderr
     # not -7 / 135 (SIGBUS), not 2 (a disk is no bad input)
     assert p.returncode == 1, (p.returncode, err[-2000:])
@@ -201,7 +207,8 @@ def clear_error(p, *words):
 @pytest.mark.timeout(300)
 def test_train_cli_disk_full_then_resume(faults_data, faults_cli, faults_reference_run, tmp_path, fault):
     fault.describe('Disk', 'sparse3d_train on a real tmpfs that fills up at epoch 2, then more space and --resume',
-                   'one-line error naming the checkpoint, no traceback; every .pt loads; after --resume the weights equal an uninterrupted run')
+                   'one-line error naming the checkpoint, no traceback; every .pt loads; after --resume the weights '
+                   'equal an uninterrupted run')
     fault.case()
     size = (faults_reference_run/'checkpoints'/'latest.pt').stat().st_size
     cfg = tmp_path/'cfg.yaml'
@@ -218,7 +225,8 @@ def test_train_cli_disk_full_then_resume(faults_data, faults_cli, faults_referen
         fs.remount(f'size={int(8 * size)}')
         faults_cli.run(faults_cli.bin/'sparse3d_train', '--input_dir', faults_data['proc'], '--output_dir', out,
                        '--resume')
-        a, b = load_checkpoint(out/'checkpoints'/'latest.pt'), load_checkpoint(faults_reference_run/'checkpoints'/'latest.pt')
+        a = load_checkpoint(out/'checkpoints'/'latest.pt')
+        b = load_checkpoint(faults_reference_run/'checkpoints'/'latest.pt')
         assert a['epoch'] == 3 and all(torch.equal(a['model'][k], b['model'][k]) for k in b['model'])
 
 
@@ -263,9 +271,10 @@ def du(root):
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize('where', [pytest.param('sequences', marks=pytest.mark.slow), 'packing'])
 def test_preprocess_cli_disk_full_then_rerun(faults_data, faults_cli, tmp_path, fault, where):
-    fault.describe('Disk', f'sparse3d_preprocess on a real tmpfs that fills up while writing {where}, then more space and a re-run',
-                   'one-line error naming the file, no traceback, no crash (packed arrays are memory-mapped: a full disk must not '
-                   'be a SIGBUS); the re-run output is byte-identical to an undisturbed run')
+    fault.describe('Disk', f'sparse3d_preprocess on a real tmpfs that fills up while writing {where}, then more space '
+                   'and a re-run', 'one-line error naming the file, no traceback, no crash (packed arrays are '
+                   'memory-mapped: a full disk must not be a SIGBUS); the re-run output is byte-identical to an '
+                   'undisturbed run')
     fault.case()
     ref = faults_data['proc']/'chair'
     per_seq = du(ref) - du(ref/'packed')

@@ -34,7 +34,8 @@ TIMING_KEYS = ('seconds', 'samples_per_s')
 
 
 def wrapper(tmp, stall=None, epoch=None, sleep=60.0):
-    "A script running sparse3d_train whose checkpoint write of `stall` (e.g. 'latest.pt') at `epoch` stalls half-written; every write when `stall` is None"
+    """A script running sparse3d_train whose checkpoint write of `stall` (e.g. 'latest.pt') at `epoch` stalls
+    half-written; every write when `stall` is None"""
     mark = tmp/'stalls.txt'
     p = tmp/'train_slow_save.py'
     p.write_text(WRAPPER.format(stall=stall, epoch=epoch, mark=str(mark), sleep=sleep))
@@ -149,14 +150,14 @@ def test_kill_mid_checkpoint_no_temp_files_left_after_resume(killed_mid_checkpoi
     assert temp_files(killed_mid_checkpoint['out']) == []
 
 
-# --- a kill after epoch_N.pt, while best.pt is written, before latest.pt (slow) ------------------------------------------
+# --- a kill after epoch_N.pt, while best.pt is written, before latest.pt (slow) ------------------------------------
 
 @pytest.mark.slow
 def test_kill_between_epoch_checkpoint_and_latest(faults_data, faults_cli, faults_reference_run, tmp_path, fault):
     fault.describe('Interruption',
                    'kill -9 after epoch_1.pt is written, while best.pt is half-written, before latest.pt',
-                   'the re-run redoes epoch 1; in the end it has every checkpoint an uninterrupted run has (epoch_N.pt, '
-                   'best.pt), all equal to it, and no temporary file')
+                   'the re-run redoes epoch 1; in the end it has every checkpoint an uninterrupted run has '
+                   '(epoch_N.pt, best.pt), all equal to it, and no temporary file')
     fault.case()
     out = tmp_path/'run'
     script, mark = wrapper(tmp_path, 'best.pt', 1)
@@ -187,7 +188,7 @@ def reference6(faults_data, faults_cli, tmp_path_factory):
 
 
 def kill_until_done(faults_data, faults_cli, out, tmp, fault, next_kill, script=None, max_kills=8):
-    "Start (or resume) the run and kill -9 it when `next_kill(process, attempt)` says so, until it finishes on its own (bounded)"
+    "Start (or resume) the run; kill -9 it when `next_kill(process, attempt)` says so, until it finishes (bounded)"
     kills, log_path = [], tmp/'log.txt'
     for attempt in range(max_kills + 1):
         resume = (out/'checkpoints'/'latest.pt').exists()
@@ -211,7 +212,8 @@ def kill_until_done(faults_data, faults_cli, out, tmp, fault, next_kill, script=
 def assert_complete_and_equal(out, ref):
     check_run_dir(out)
     assert_same_as_reference(out, ref)
-    assert [json.loads(line)['epoch'] for line in (out/'metrics.jsonl').read_text().splitlines()] == list(range(1, EPOCHS + 1))
+    epochs = [json.loads(line)['epoch'] for line in (out/'metrics.jsonl').read_text().splitlines()]
+    assert epochs == list(range(1, EPOCHS + 1)), epochs
     for p in (out/'checkpoints').glob('epoch_*.pt'): assert_same_as_reference(out, ref, p.name)
 
 
@@ -267,7 +269,8 @@ def test_kill_at_random_points_during_slow_checkpoint_writes(faults_data, faults
 # --- kill -9 of sparse3d_preprocess at random moments (slow) ----------------------------------------------------------
 
 def tree_bytes(root, skip=('preprocess_report.json',)):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob('*')) if p.is_file() and p.name not in skip}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob('*'))
+            if p.is_file() and p.name not in skip}
 
 
 @pytest.mark.slow

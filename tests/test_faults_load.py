@@ -38,7 +38,8 @@ def big(faults_cli, tmp_path_factory):
 @pytest.mark.timeout(1800)
 def test_preprocess_many_sequences_workers_byte_identical(big, fault):
     fault.describe('Load', f'preprocessing {N_SEQ} sequences x {N_FRAMES} frames with 3 worker processes',
-                   'every output file (packed arrays, crops, voxels, poses, metadata, splits) byte-identical to 1 worker')
+                   'every output file (packed arrays, crops, voxels, poses, metadata, splits) byte-identical to '
+                   '1 worker')
     fault.case(N_SEQ)
     a, b = tree_digest(big['proc'][1]), tree_digest(big['proc'][3])
     assert len(a) > N_SEQ * N_FRAMES * 4 and a == b, sorted(set(a.items()) ^ set(b.items()))[:5]
@@ -66,7 +67,8 @@ def test_worker_processes_see_each_epochs_views(faults_data, fault):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_resume_with_worker_processes_equals_uninterrupted(faults_data, faults_cli, tmp_path, fault):
-    fault.describe('Load', 'sparse3d_train with 2 data-loading workers: 1 epoch, then --resume to 3, against 3 in one go',
+    fault.describe('Load', 'sparse3d_train with 2 data-loading workers: 1 epoch, then --resume to 3, against 3 in '
+                   'one go',
                    'identical weights (the workers and the shuffling are a function of seed and epoch)')
     fault.case()
     cfg = tmp_path/'cfg.yaml'
@@ -133,7 +135,8 @@ def flat(rss, warmup, tol_mb):
 @pytest.mark.timeout(1800)
 def test_training_memory_flat_across_epochs(faults_data, faults_cli, tmp_path, fault):
     epochs = 20
-    fault.describe('Load', f'training (the tiny config: 2 steps, validation and a checkpoint per epoch) for {epochs} epochs, '
+    fault.describe('Load', 'training (the tiny config: 2 steps, validation and a checkpoint per epoch) for '
+                   f'{epochs} epochs, '
                    'RSS of the process sampled after every epoch', 'no growth after the third epoch beyond 40 MB')
     fault.case(epochs)
     script = tmp_path/'rss_train.py'
@@ -150,7 +153,8 @@ def test_training_memory_flat_across_epochs(faults_data, faults_cli, tmp_path, f
 @pytest.mark.timeout(1800)
 def test_loader_memory_flat_across_epochs(big, faults_cli, tmp_path, fault):
     epochs = 15
-    fault.describe('Load', f'the training loader alone (2 worker processes, 4 views) for {epochs} epochs, RSS of it and its workers',
+    fault.describe('Load', f'the training loader alone (2 worker processes, 4 views) for {epochs} epochs, RSS of it '
+                   'and its workers',
                    'no growth after the third epoch beyond 40 MB')
     fault.case(epochs)
     script = tmp_path/'rss_loader.py'

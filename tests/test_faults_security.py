@@ -154,7 +154,8 @@ def test_cli_yaml_python_tag_refused(faults_data, faults_cli, tmp_path, fault):
 
 @pytest.mark.timeout(60)
 def test_yaml_bombs_and_nesting(tmp_path, fault):
-    fault.describe('Security', 'YAML alias bomb (9^9 strings) in a known key, 20000-deep nesting, a date that does not exist',
+    fault.describe('Security', 'YAML alias bomb (9^9 strings) in a known key, 20000-deep nesting, a date that does not '
+                   'exist',
                    'ConfigError naming the file at once, with a short message')
     import time
     levels = ['n_epochs:', ' - &a0 [x, x, x, x, x, x, x, x, x]']
@@ -167,7 +168,8 @@ def test_yaml_bombs_and_nesting(tmp_path, fault):
         p.write_text(text)
         t0 = time.perf_counter()
         with pytest.raises(ConfigError) as e: load_config(p)
-        assert time.perf_counter() - t0 < 5 and len(str(e.value)) < 2000 and str(p) in str(e.value), (name, str(e.value)[:300])
+        msg = str(e.value)
+        assert time.perf_counter() - t0 < 5 and len(msg) < 2000 and str(p) in msg, (name, msg[:300])
 
 
 # --- the dataset root: nothing outside is read, nothing outside the output folder is written ----------------------
@@ -178,7 +180,8 @@ class OpenLog:
 
     def __enter__(self):
         if not OpenLog.hooked:
-            sys.addaudithook(lambda ev, args: OpenLog.active.append(args[0]) if ev == 'open' and OpenLog.active is not None
+            sys.addaudithook(lambda ev, args: OpenLog.active.append(args[0])
+                             if ev == 'open' and OpenLog.active is not None
                              and isinstance(args[0], (str, bytes, os.PathLike)) else None)
             OpenLog.hooked = True
         OpenLog.active = self.paths = []
@@ -227,9 +230,9 @@ def hostile_root(faults_data, tmp_path):
 
 
 def test_preprocess_refuses_paths_outside_root(hostile_root, tmp_path, fault):
-    fault.describe('Security', "annotation paths that leave the dataset root: '../', absolute, a symlinked point cloud, "
-                   "'..' inside a mask path, a symlinked image folder", 'each sequence reported with the path named; '
-                   'no file outside the root is opened; the clean sequence is processed')
+    fault.describe('Security', "annotation paths that leave the dataset root: '../', absolute, a symlinked point "
+                   "cloud, '..' inside a mask path, a symlinked image folder", 'each sequence reported with the path '
+                   'named; no file outside the root is opened; the clean sequence is processed')
     from sparse3d.preprocess import PreprocessSettings, preprocess_category
     root, outside, s = hostile_root
     with OpenLog() as log:
@@ -240,7 +243,8 @@ def test_preprocess_refuses_paths_outside_root(hostile_root, tmp_path, fault):
     assert list(rep['done']) == [s['clean']], rep
     for kind in ('dotdot', 'absolute', 'ply_symlink', 'mask_dotdot', 'dir_symlink'):
         err = rep['failed'][s[kind]]['error']
-        assert ('leads outside the dataset root' in err or 'is absolute' in err) and 'Refusing to follow it' in err, (kind, err)
+        assert 'leads outside the dataset root' in err or 'is absolute' in err, (kind, err)
+        assert 'Refusing to follow it' in err, (kind, err)
 
 
 def test_sequence_name_cannot_write_outside_output(faults_data, tmp_path, fault):
@@ -260,7 +264,8 @@ def test_sequence_name_cannot_write_outside_output(faults_data, tmp_path, fault)
 
 
 def test_subset_names_cannot_leave_root(faults_data, tmp_path, fault):
-    fault.describe('Security', "subset names that are paths ('../../../outside/evil') in category_to_subset_name_list.json",
+    fault.describe('Security', "subset names that are paths ('../../../outside/evil') in "
+                   "category_to_subset_name_list.json",
                    'DataError naming the file; no file outside the root is opened')
     from sparse3d.preprocess import split_and_pack
     root, out = tmp_path/'co3d', tmp_path/'proc'
@@ -332,7 +337,8 @@ def evaluate_in_process(ckpt, proc, out):
 
 
 def test_pipeline_in_process_without_network(faults_data, tmp_path, no_network, fault):
-    fault.describe('Security', 'preprocess -> train -> evaluate in one process with every non-loopback connect and DNS lookup refused',
+    fault.describe('Security', 'preprocess -> train -> evaluate in one process with every non-loopback connect and DNS '
+                   'lookup refused',
                    'works; no connection was even attempted')
     from sparse3d.preprocess import PreprocessSettings, preprocess_category, split_and_pack
     from sparse3d.train import fit
@@ -358,7 +364,8 @@ def _blocked(what):
 def _guard(name):
     real = getattr(socket.socket, name)
     def wrapped(self, addr, *a, **k):
-        if self.family != socket.AF_UNIX and isinstance(addr, tuple) and addr[0] not in _OK and not str(addr[0]).startswith('127.'):
+        loopback = isinstance(addr, tuple) and (addr[0] in _OK or str(addr[0]).startswith('127.'))
+        if self.family != socket.AF_UNIX and isinstance(addr, tuple) and not loopback:
             raise _blocked(f'{{name}} {{addr!r}}')
         return real(self, addr, *a, **k)
     setattr(socket.socket, name, wrapped)
@@ -374,7 +381,8 @@ socket.getaddrinfo = _getaddrinfo
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_cli_pipeline_without_network(faults_cli, tmp_path, fault):
-    fault.describe('Security', 'sparse3d_synth -> sparse3d_preprocess -> sparse3d_train -> sparse3d_test, 2 worker processes each, '
+    fault.describe('Security', 'sparse3d_synth -> sparse3d_preprocess -> sparse3d_train -> sparse3d_test, 2 worker '
+                   'processes each, '
                    'every process under a sitecustomize that refuses non-loopback connections and DNS',
                    'the whole pipeline works; no process attempted a connection')
     site, log = tmp_path/'site', tmp_path/'network_attempts.log'

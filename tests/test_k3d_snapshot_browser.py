@@ -34,7 +34,7 @@ def chair_grid(D=32):
 
 @pytest.fixture
 def snapshot(tmp_path):
-    "Snapshot of a prediction against the chair: true positives, an invented armrest, a missed leg; no k3d menu or axes helper"
+    "Snapshot of a prediction against the chair: true positives, an invented armrest, a missed leg; no menu or axes"
     from sparse3d.viz import voxel_plot, save_snapshot
     gt = chair_grid()
     pred = gt.astype(np.float32)

@@ -61,7 +61,8 @@ def test_bad_values_fail_before_work(processed, tmp_path):
 @pytest.fixture(scope='module')
 def small_cfg(processed):
     p = processed/'small.yaml'
-    p.write_text('image_size: 64\nbatch_size: 2\nnum_views: 2\nz_size: 16\nn_epochs: 2\nsave_freq: 1\nvis_freq: 2\nworkers: 0\n')
+    p.write_text('image_size: 64\nbatch_size: 2\nnum_views: 2\nz_size: 16\nn_epochs: 2\nsave_freq: 1\nvis_freq: 2\n'
+                 'workers: 0\n')
     return p
 
 
