@@ -127,12 +127,14 @@ def read_binvox(path) -> VoxelGrid:
     "The `VoxelGrid` stored in the `.binvox` file `path`, indexed `[x, y, z]`"
     path = Path(path)
     try: special = path.exists() and not path.is_file()      # a FIFO or a device would block the run forever
-    except OSError as e: raise DataError(f"{quoted(path)}: cannot read this voxel file ({e.strerror or e}).") from None
+    except (OSError, ValueError) as e:          # ValueError: a name the file system cannot encode
+        raise DataError(f"{quoted(path)}: cannot read this voxel file ({getattr(e, 'strerror', None) or e}).") from None
     if special:
         raise DataError(f"{quoted(path)}: is {'a folder' if path.is_dir() else 'not a regular file'}, expected a .binvox file.")
     try: raw = path.read_bytes()
     except FileNotFoundError: raise DataError(f"{quoted(path)}: voxel file not found. Check the path, or re-run preprocessing.") from None
-    except OSError as e: raise DataError(f"{quoted(path)}: cannot read this voxel file ({e.strerror or e}).") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{quoted(path)}: cannot read this voxel file ({getattr(e, 'strerror', None) or e}).") from None
     source = quoted(path)                              # how messages name the file: safe to print
     lines, data = _split_header(raw, source)
     dim, translate, scale = _parse_header(lines, source)

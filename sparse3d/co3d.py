@@ -221,7 +221,8 @@ def _regular_file(path, what, todo='Check the dataset root, or re-download the s
     path = Path(path)
     try: mode = os.stat(path).st_mode
     except FileNotFoundError: raise DataError(f"{quoted(path)}: {what} not found. {todo}") from None
-    except OSError as e: raise DataError(f"{quoted(path)}: cannot read this {what} ({e.strerror or e}).") from None
+    except (OSError, ValueError) as e:                     # ValueError: a name the file system cannot encode
+        raise DataError(f"{quoted(path)}: cannot read this {what} ({getattr(e, 'strerror', None) or e}).") from None
     if stat.S_ISDIR(mode): raise DataError(f"{quoted(path)}: is a folder, expected a {what}.")
     if not stat.S_ISREG(mode): raise DataError(f"{quoted(path)}: not a regular file (a FIFO, socket or device), expected a {what}. Refusing to read it.")
     return path
@@ -272,7 +273,8 @@ def resolve_in_root(root, rel, what='path') -> Path:
     p = Path(rel)
     if p.is_absolute() or p.drive: raise DataError(f"{quoted(root)}: {what} {quoted(rel)} is absolute; annotation paths must be relative to the dataset root. Refusing to follow it.")
     try: full = (root/p).resolve()
-    except (OSError, RuntimeError) as e: raise DataError(f"{quoted(root)}: {what} {quoted(rel)} cannot be resolved ({e}).") from None   # a symlink loop
+    except (OSError, RuntimeError, ValueError) as e:        # a symlink loop, a name the file system cannot encode
+        raise DataError(f"{quoted(root)}: {what} {quoted(rel)} cannot be resolved ({e}).") from None
     if not full.is_relative_to(root):
         raise DataError(f"{quoted(root)}: {what} {quoted(rel)} leads outside the dataset root (to {quoted(full)}). Refusing to follow it.")
     return full

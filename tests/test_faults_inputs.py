@@ -633,4 +633,5 @@ test_raise_sites_quote_input, test_raise_sites_quote_input_deep = fuzz(
     '20,000 characters, fed to the raise sites of subsets, set lists, frame and sequence annotations, annotation '
     'paths, categories, config keys and values, binvox headers, split names, --runs labels and synth arguments',
     200, 2000,
-    expect='a one-line printable Sparse3DError (the input escaped and cut), or a correct value')
+    expect='a one-line printable Sparse3DError (the input escaped and cut), or a correct value',
+    examples=[('missing file', '\ud800'), ('annotation path', '\ud800')])   # once a raw UnicodeEncodeError from os.stat
