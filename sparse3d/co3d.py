@@ -168,6 +168,9 @@ def _viewpoint(d, where):
                principal_point=_matrix(vp.get('principal_point'), (2,), 'principal_point', where).tolist(),
                intrinsics_format=fmt)
     if min(out['focal_length']) <= 0: raise DataError(f"{where}: 'viewpoint.focal_length' must be positive, got {out['focal_length']}.")
+    if max(map(abs, out['focal_length'] + out['principal_point'])) > 1e6:     # NDC units: a few; in pixels K would overflow
+        raise DataError(f"{where}: 'viewpoint.focal_length' and 'principal_point' are in NDC units (a few), got "
+                        f"{quoted(out['focal_length'])} and {quoted(out['principal_point'])}.")
     return out
 
 # %% ../nbs/02_co3d.ipynb #d3f22cf5

@@ -294,7 +294,8 @@ def check_frame_file(ctx, x):
 test_annotation_files, test_annotation_files_deep = fuzz(
     'annotation_files', jgz_bytes, check_frame_file,
     'frame/sequence_annotations.jgz: random bytes, gzip of garbage, gzip of random JSON, truncated and bit-flipped '
-    'valid files, one broken record among valid ones', 100, 1000)
+    'valid files, one broken record among valid ones', 100, 1000,
+    examples=[('records', [(1378, 'delete', 5.617791046444737e+306)])])   # a focal length whose pixel K overflowed
 
 
 def check_set_list(ctx, x):
