@@ -25,7 +25,8 @@ help:
 	@echo "make nbclean   give every notebook the kernel metadata JupyterLab expects, then nbdev_clean"
 	@echo "make docs      build the documentation site into _docs/"
 	@echo "make bench     BENCHMARKS.md: speed, memory and quality (trains three more variants after the demo)"
-	@echo "make faults    FAULTS.md: the whole fault-injection suite"
+	@echo "make faults    FAULTS.md: the whole fault-injection suite (the same cases every run)"
+	@echo "make faults-explore  the fuzz tests with 10x as many fresh random cases (finds new failures; writes nothing)"
 
 setup: $(STAMP)
 
@@ -123,10 +124,17 @@ docs: setup
 	@echo "open _docs/index.html, or serve it: $(BIN)/python -m http.server -d _docs 8000"
 
 # --- generated reports, committed at the top of the repo and shown as pages of the site ---
-# FAULTS.md: the whole fault-injection suite (slow tests included), one row per fault tried.
-.PHONY: faults bench bench-quick
+# FAULTS.md: the whole fault-injection suite (slow tests included), one row per fault tried. Its fuzz tests use
+# the reproducible hypothesis profile of tests/conftest.py: the same cases on every run and machine.
+# faults-explore: the fast fuzz tests with the `explore` profile, ten times as many examples drawn at random, so each
+# run tries new cases; a failure prints its example and the @reproduce_failure blob: keep it as an @example.
+.PHONY: faults faults-explore bench bench-quick
 faults: setup
 	@$(TEST_ENV) $(BIN)/python -m pytest -p no:dash tests/test_faults_*.py -q --faults-report FAULTS.md
+
+faults-explore: setup
+	@$(TEST_ENV) $(BIN)/python -m pytest -p no:dash tests/test_faults_inputs.py tests/test_binvox_interop.py -q \
+	  -m "not slow" --hypothesis-profile explore
 
 # BENCHMARKS.md: speed and memory on this machine, and quality of four trained variants against the
 # baselines: the demo's model (poses, mean fusion), max fusion, and two without poses (grid in the world

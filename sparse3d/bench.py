@@ -24,7 +24,7 @@ import torch
 from fastcore.script import call_parse, store_true
 
 import sparse3d
-from .config import ConfigError, DataError, Sparse3DError, atomic_write, load_config
+from .config import ConfigError, DataError, Sparse3DError, atomic_write, cli_errors, load_config, quoted
 from .geometry import cell_centers
 from .data import MultiViewDataset, make_loader, packed_dir, pose_features, POSE_DIM
 from .model import VAEGAN, ring_cameras, forward_time, flops_per_sample
@@ -164,7 +164,7 @@ def run_child(name, threads=None, timeout=3600, **kwargs) -> dict:
         lines, errs = out.read().splitlines(), [l for l in err.read().splitlines() if l.strip()]
     res = next((json.loads(l[len(_MARK):]) for l in reversed(lines) if l.startswith(_MARK)), None)
     if p.returncode != 0 or res is None:
-        raise Sparse3DError(f"benchmark step {name} failed (exit status {p.returncode}): {errs[-1] if errs else 'no error output'}")
+        raise Sparse3DError(f"benchmark step {name} failed (exit status {p.returncode}): {quoted(errs[-1], 300) if errs else 'no error output'}")
     res.update(peak_rss_tree=tree or None, wall_s=round(wall, 2))
     return res
 
@@ -263,7 +263,7 @@ def preprocess_benchmark(co3d_root, out, image_size=128, cube_len=32, workers=1,
     t1 = time.perf_counter()
     if rep['failed']:
         name, info = next(iter(rep['failed'].items()))
-        raise DataError(f"{co3d_root}: {len(rep['failed'])} sequences failed to preprocess, e.g. {name}: {info.get('error')}")
+        raise DataError(f"{quoted(co3d_root)}: {len(rep['failed'])} sequences failed to preprocess, e.g. {quoted(name)}: {info.get('error')}")
     sp = split_and_pack(out, category, co3d_root, progress=False)
     t2 = time.perf_counter()
     return dict(n_sequences=len(rep['done']), frames=rep['frames'], image_size=image_size, cube_len=cube_len, workers=workers,
@@ -274,7 +274,7 @@ def loader_benchmark(root, split='train', num_views=4, batch_size=8, workers=0, 
                      category='chair', seed=42) -> dict:
     "Objects per second drawn by `make_loader(MultiViewDataset(root, split))`, median over `repeats` runs of at least `min_samples`"
     ds = MultiViewDataset(root, split, num_views, category, seed=seed)
-    if not len(ds): raise DataError(f"{ds.dir}: the {split} split is empty; nothing to load.")
+    if not len(ds): raise DataError(f"{quoted(ds.dir)}: the {split} split is empty; nothing to load.")
     loader = make_loader(ds, batch_size, workers=workers, seed=seed)
     counts = []
     def drain():
@@ -317,16 +317,16 @@ def parse_runs(spec) -> dict:
     runs, example = {}, '--runs "pose, mean=run_a/checkpoints/best.pt;no pose, mean=run_b/checkpoints/best.pt"'
     for part in str(spec).split(';'):
         if not part.strip(): continue
-        if '=' not in part: raise ConfigError(f"--runs: {part.strip()!r} is not label=checkpoint. Write e.g. {example}.")
+        if '=' not in part: raise ConfigError(f"--runs: {quoted(part.strip())} is not label=checkpoint. Write e.g. {example}.")
         label, path = (x.strip() for x in part.split('=', 1))
-        if not label: raise ConfigError(f"--runs: {part.strip()!r} has no label before '='. Write e.g. {example}.")
-        if label in runs: raise ConfigError(f"--runs: the label {label!r} is given twice; give each run its own label.")
+        if not label: raise ConfigError(f"--runs: {quoted(part.strip())} has no label before '='. Write e.g. {example}.")
+        if label in runs: raise ConfigError(f"--runs: the label {quoted(label)} is given twice; give each run its own label.")
         p = Path(path).expanduser()
         if not p.is_file():
-            raise ConfigError(f"--runs: {p}: checkpoint of {label!r} not found. Give a .pt file written by sparse3d_train, "
+            raise ConfigError(f"--runs: {quoted(p)}: checkpoint of {quoted(label)} not found. Give a .pt file written by sparse3d_train, "
                               "e.g. <run>/checkpoints/best.pt.")
         runs[label] = p
-    if not runs: raise ConfigError(f"--runs: no runs in {spec!r}. Write e.g. {example}.")
+    if not runs: raise ConfigError(f"--runs: no runs in {quoted(spec)}. Write e.g. {example}.")
     return runs
 
 def run_dir_of(checkpoint) -> Path:
@@ -338,7 +338,7 @@ def run_dir_of(checkpoint) -> Path:
 def time_to_quality(run_dir) -> list:
     "`[{epoch, minutes, iou}]` of a run's `metrics.jsonl`: cumulative training minutes and the best validation IoU so far"
     path = Path(run_dir)/'metrics.jsonl'
-    if not path.is_file(): raise DataError(f"{path}: not found; time-to-quality needs a training run's folder (it holds metrics.jsonl).")
+    if not path.is_file(): raise DataError(f"{quoted(path)}: not found; time-to-quality needs a training run's folder (it holds metrics.jsonl).")
     pts, minutes, best = [], 0.0, None
     for line in path.read_text(encoding='utf-8').splitlines():
         try: h = json.loads(line)
@@ -348,7 +348,7 @@ def time_to_quality(run_dir) -> list:
         iou = h.get('val_iou_best')
         if iou is not None and math.isfinite(iou): best = iou if best is None else max(best, iou)
         pts.append(dict(epoch=h.get('epoch', len(pts) + 1), minutes=minutes, iou=best))
-    if not pts: raise DataError(f"{path}: no epoch lines with 'seconds'; is it a sparse3d_train metrics.jsonl?")
+    if not pts: raise DataError(f"{quoted(path)}: no epoch lines with 'seconds'; is it a sparse3d_train metrics.jsonl?")
     return pts
 
 def quality_at(points, minutes) -> Optional[float]:
@@ -798,12 +798,12 @@ def check_run(label, path, test_dir, views='1,2,4,8', split='test', category='ch
     d = packed_dir(test_dir, split, category)
     idx = json.loads((d/'index.json').read_text())
     if (idx.get('image_size'), idx.get('cube_len')) != (cfg.image_size, cfg.cube_len):
-        raise DataError(f"{d}: packed at {idx.get('image_size')} px and {idx.get('cube_len')}^3, but run {label!r} ({path}) was trained on "
+        raise DataError(f"{quoted(d)}: packed at {quoted(idx.get('image_size'))} px and {quoted(idx.get('cube_len'))}^3, but run {quoted(label)} ({quoted(path)}) was trained on "
                         f"{cfg.image_size} px and {cfg.cube_len}^3 grids. Give a --test_dir preprocessed with --image_size {cfg.image_size} "
                         f"--cube_len {cfg.cube_len}, or leave that run out.")
     fewest, need = int(np.diff(np.load(d/'offsets.npy')).min(initial=10 ** 9)), max(parse_views(views))
     if fewest < need:
-        raise DataError(f"{d}: a {split} sequence has only {fewest} frames, but the quality benchmark shows up to {need} views. "
+        raise DataError(f"{quoted(d)}: a {split} sequence has only {fewest} frames, but the quality benchmark shows up to {need} views. "
                         f"Use a test root whose sequences have at least {need} frames.")
 
 def check_bench_args(output=None, runs=None, test_dir=None, threads=None, views='1,2,4,8', split='test', category='chair') -> dict:
@@ -816,9 +816,9 @@ def check_bench_args(output=None, runs=None, test_dir=None, threads=None, views=
     elif test_dir is not None: raise ConfigError("--test_dir is only used with --runs (the checkpoints to evaluate); give both, or neither.")
     if output is not None:
         out = Path(output)
-        if out.is_dir(): raise ConfigError(f"{out}: --output is a folder; give a file name, e.g. {out/'BENCHMARKS.md'}.")
+        if out.is_dir(): raise ConfigError(f"{quoted(out)}: --output is a folder; give a file name, e.g. {quoted(out/'BENCHMARKS.md')}.")
         if out.parent.exists() and not os.access(out.parent, os.W_OK):
-            raise ConfigError(f"{out.parent}: not writable; choose another --output.")
+            raise ConfigError(f"{quoted(out.parent)}: not writable; choose another --output.")
     return parsed
 
 # %% ../nbs/11_benchmarks.ipynb #38216523
@@ -883,9 +883,10 @@ def bench_cli(output:str='BENCHMARKS.md', # the markdown file to write (atomical
               json_path:str=None, # also write every measured number as JSON to this file
               work_dir:str=None): # where the temporary datasets go (default: the system's temporary folder)
     "Benchmark training, inference, data loading, preprocessing and rendering speed and memory, and the quality of trained runs; write BENCHMARKS.md"
-    try:
+    with cli_errors('sparse3d_bench'):
         parsed = check_bench_args(output, runs, test_dir, threads, bench_plan(quick).views)
-        if json_path is not None and Path(json_path).is_dir(): raise ConfigError(f"{json_path}: --json_path is a folder; give a file name.")
+        if json_path is not None and Path(json_path).is_dir():
+            raise ConfigError(f"{quoted(Path(json_path))}: --json_path is a folder; give a file name.")
         command = bench_command(output=output, quick=quick, runs=runs, test_dir=test_dir, threads=threads,
                                 device=None if device == 'cpu' else device, json_path=json_path)
         res = run_benchmarks(quick, parsed, test_dir, threads, device, work_dir, command, log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -894,4 +895,3 @@ def bench_cli(output:str='BENCHMARKS.md', # the markdown file to write (atomical
         print(f"{out}: training {fmt_num(s.get('train_samples_per_s'))} samples/s ({fmt_num(100 * (s.get('train_fraction') or 0))}% of "
               f"{fmt_num(s['reference_gflops'])} GFLOP/s matmul), inference {fmt_num(s.get('inference_ms'))} ms/object at 4 views, "
               f"loader {fmt_num(s.get('loader_multiple'))}x training; took {fmt_duration(res['seconds'])}")
-    except Sparse3DError as e: sys.exit(f"error: {e}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DataError, atomic_write
+from .config import DataError, atomic_write, quoted
 from .geometry import cell_centers
 
 # %% ../nbs/01_binvox.ipynb #0d1c4d84
@@ -67,7 +67,7 @@ def rle_encode(flat) -> bytes:
     return np.stack([values, counts], 1).astype(np.uint8).tobytes()
 
 def rle_decode(data: bytes, size: int, source='data') -> np.ndarray:
-    "The 0/1 vector of length `size` coded by binvox run-length bytes `data`; `DataError` naming `source` if corrupt"
+    "The 0/1 vector of length `size` coded by binvox run-length bytes `data`; `DataError` naming `source` (printed as is) if corrupt"
     raw = np.frombuffer(data, np.uint8)
     if raw.size % 2:
         raise DataError(f"{source}: binvox data is truncated (odd number of run-length bytes). Re-create the file.")
@@ -90,7 +90,7 @@ def _parse_header(lines, source):
     if not lines or not lines[0].startswith('#binvox'):
         raise DataError(f"{source}: not a binvox file (it must start with '#binvox 1'). Check the path.")
     if lines[0].split()[1:] != ['1']:
-        raise DataError(f"{source}: unsupported binvox version {lines[0]!r} (only '#binvox 1' exists).")
+        raise DataError(f"{source}: unsupported binvox version {quoted(lines[0])} (only '#binvox 1' exists).")
     kv = {}
     for line in lines[1:]:
         parts = line.split()
@@ -104,13 +104,12 @@ def _parse_header(lines, source):
     except (ValueError, IndexError):
         raise DataError(f"{source}: binvox header has a malformed number. Re-create the file.") from None
     if len(dims) != 3 or len(translate) != 3:
-        raise DataError(f"{source}: binvox header needs 3 dims and 3 translate values, "
-                        f"got {dims} and {list(translate)}.")
+        raise DataError(f"{source}: binvox header needs 3 dims and 3 translate values, got {quoted(dims)} and {quoted(list(translate))}.")
     if len(set(dims)) != 1:
-        raise DataError(f"{source}: the grid is {dims[0]}x{dims[1]}x{dims[2]}; sparse3d needs a cubic grid. "
+        raise DataError(f"{source}: the grid is {quoted(dims[0])}x{quoted(dims[1])}x{quoted(dims[2])}; sparse3d needs a cubic grid. "
                         "Re-voxelise the shape with equal dims.")
     if not 1 <= dims[0] <= MAX_DIM:
-        raise DataError(f"{source}: dim {dims[0]} is out of range (1..{MAX_DIM}).")
+        raise DataError(f"{source}: dim {quoted(dims[0])} is out of range (1..{MAX_DIM}).")
     if not (np.all(np.isfinite(translate)) and np.isfinite(scale) and scale > 0):
         raise DataError(f"{source}: binvox header has a non-finite translate or a non-positive scale ({translate}, "
                         f"{scale}).")
@@ -132,15 +131,19 @@ def _split_header(raw: bytes, source):
 def read_binvox(path) -> VoxelGrid:
     "The `VoxelGrid` stored in the `.binvox` file `path`, indexed `[x, y, z]`"
     path = Path(path)
-    if path.exists() and not path.is_file():           # a FIFO or a device would block the run forever
-        raise DataError(f"{path}: is {'a folder' if path.is_dir() else 'not a regular file'}, expected a .binvox file.")
+    try: special = path.exists() and not path.is_file()      # a FIFO or a device would block the run forever
+    except (OSError, ValueError) as e:          # ValueError: a name the file system cannot encode
+        raise DataError(f"{quoted(path)}: cannot read this voxel file ({getattr(e, 'strerror', None) or e}).") from None
+    if special:
+        raise DataError(f"{quoted(path)}: is {'a folder' if path.is_dir() else 'not a regular file'}, expected a .binvox file.")
     try: raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: voxel file not found. Check the path, or re-run preprocessing.") from None
-    except OSError as e: raise DataError(f"{path}: cannot read this voxel file ({e.strerror or e}).") from None
-    lines, data = _split_header(raw, path)
-    dim, translate, scale = _parse_header(lines, path)
-    flat = rle_decode(data, dim ** 3, path)
+    except FileNotFoundError: raise DataError(f"{quoted(path)}: voxel file not found. Check the path, or re-run preprocessing.") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{quoted(path)}: cannot read this voxel file ({getattr(e, 'strerror', None) or e}).") from None
+    source = quoted(path)                              # how messages name the file: safe to print
+    lines, data = _split_header(raw, source)
+    dim, translate, scale = _parse_header(lines, source)
+    flat = rle_decode(data, dim ** 3, source)
     occupancy = flat.reshape(dim, dim, dim).transpose(0, 2, 1)   # file order x, z, y -> x, y, z
     return VoxelGrid(np.ascontiguousarray(occupancy), translate, scale)
 

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, quoted
 
 # %% ../nbs/07_losses.ipynb #6f9c882f
 def _check_grids(logits, target):
@@ -57,7 +57,7 @@ def kl_weight(step: int, total_steps: int, cfg: Config, interp: str = 'log') -> 
     "KL weight at global step `step` of `total_steps`: `kl_weight_start` -> `kl_weight_end` over `kl_anneal_frac`"
     if total_steps < 1 or step < 0:
         raise ValueError(f"need total_steps >= 1 and step >= 0, got step={step}, total_steps={total_steps}")
-    if interp not in ('log', 'linear'): raise ConfigError(f"interp must be 'log' or 'linear', got {interp!r}.")
+    if interp not in ('log', 'linear'): raise ConfigError(f"interp must be 'log' or 'linear', got {quoted(interp)}.")
     start, end = cfg.kl_weight_start, cfg.kl_weight_end
     anneal = cfg.kl_anneal_frac * total_steps
     if step >= anneal: return float(end)

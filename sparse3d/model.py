@@ -23,6 +23,9 @@ from .config import Config, ConfigError
 from .geometry import VIEW_EXTENT, look_at, relative_pose_features, silhouette_votes, view0_cameras, view_to_world
 from .geometry import rotation_from_6d as rotation_from_6d     # re-exported from its old module
 
+# %% ../nbs/06_model.ipynb #a346977c
+from .config import quoted                  # how error messages show input: escaped, cut, one line
+
 # %% ../nbs/06_model.ipynb #0ddde56e
 def _norm2d(c, norm):
     return nn.BatchNorm2d(c) if norm == 'batch' else nn.GroupNorm(min(8, c), c)
@@ -75,7 +78,7 @@ def fuse(mu, logvar, combine: str = 'mean'):
     if combine == 'max':
         idx = mu.argmax(1, keepdim=True)
         return mu.gather(1, idx).squeeze(1), logvar.gather(1, idx).squeeze(1)
-    raise ConfigError(f"combine_type must be 'mean' or 'max', got {combine!r}.")
+    raise ConfigError(f"combine_type must be 'mean' or 'max', got {quoted(combine)}.")
 
 # %% ../nbs/06_model.ipynb #d5b62b3a
 def reparameterize(mu, logvar, sample: bool = True, generator: Optional[torch.Generator] = None):
@@ -127,7 +130,7 @@ class MultiViewEncoder(nn.Module):
 def _n_stages(cube_len):
     n = round(math.log2(cube_len)) if cube_len > 0 else 0
     if cube_len < 8 or 2 ** n != cube_len:
-        raise ConfigError(f"cube_len must be a power of two >= 8 (sparse3d uses 32 or 64), got {cube_len}.")
+        raise ConfigError(f"cube_len must be a power of two >= 8 (sparse3d uses 32 or 64), got {quoted(cube_len)}.")
     return n - 2
 
 class Generator(nn.Module):

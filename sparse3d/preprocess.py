@@ -30,6 +30,9 @@ from .co3d import (Co3dCategory, is_blank, load_pointcloud,
                            load_set_list, load_subsets, save_depth, save_depth_mask, save_image, save_json, save_mask)
 from .geometry import Camera
 
+# %% ../nbs/04_preprocess.ipynb #8dc9d42c
+from .config import cli_errors, quoted      # one-line errors and exit codes of the commands; input shown safely
+
 # %% ../nbs/04_preprocess.ipynb #47a231f9
 def inlier_mask(xyz, outlier_std=3.0, neighbours=20) -> np.ndarray:
     """Boolean mask of the points of `xyz` kept by open3d's statistical outlier removal (all kept when `outlier_std` is
@@ -135,8 +138,7 @@ class PreprocessSettings:
 
     def __post_init__(self):
         for k in ('image_size', 'cube_len', 'fill', 'crop_margin'): setattr(self, k, check_value(k, getattr(self, k)))
-        if self.max_frames < 0:
-            raise ConfigError(f"max_frames must be >= 0 (0 keeps every frame), got {self.max_frames}")
+        if self.max_frames < 0: raise ConfigError(f"max_frames must be >= 0 (0 keeps every frame), got {quoted(self.max_frames)}")
 
 def _versions():
     import PIL, scipy
@@ -148,8 +150,7 @@ def seq_dirs(out_root, category, name):
     name)"""
     base = Path(out_root)/category
     if not isinstance(name, str) or name in ('', '.', '..') or any(c in name for c in '/\\\x00'):
-        raise DataError(f"{base}: sequence name {str(name)[:80]!r} is not a plain name (it has '/' or '..', "
-                        "or is empty); "
+        raise DataError(f"{quoted(base)}: sequence name {quoted(name)} is not a plain name (it has '/' or '..', or is empty); "
                         "refusing to write outside the output folder. Fix the sequence_name in the annotations.")
     return base/f'{name}_processed', base/f'{name}_dataset_instance'
 
@@ -193,13 +194,11 @@ def preprocess_sequence(input_dir, output_dir, category, sequence, settings: Pre
     "Process one CO3D sequence into the reference layout; returns its `sequence_meta` (raises `DataError` if unusable)"
     st = settings or PreprocessSettings()
     cat = cat or Co3dCategory(input_dir, category)
-    if sequence not in cat.sequences:
-        raise DataError(f"{Path(input_dir)/category}: no sequence {sequence!r} in the annotations.")
+    if sequence not in cat.sequences: raise DataError(f"{quoted(Path(input_dir)/category)}: no sequence {quoted(sequence)} in the annotations.")
     seq = cat[sequence]
     proc, inst = seq_dirs(output_dir, category, sequence)     # refuses a name that would lead out of the output folder
     xyz, _, _ = cat.load_pointcloud(seq)
-    if len(xyz) < 50:
-        raise DataError(f"{cat.path(seq.annotation.point_cloud_path)}: only {len(xyz)} points; too few to voxelise.")
+    if len(xyz) < 50: raise DataError(f"{quoted(cat.path(seq.annotation.point_cloud_path))}: only {len(xyz)} points; too few to voxelise.")
     grid, norm = ply2voxel(xyz, st.cube_len, st.fill, st.outlier_std)
     tag = f'.tmp-{uuid.uuid4().hex[:8]}'
     tproc, tinst = proc.with_name(proc.name + tag), inst.with_name(inst.name + tag)
@@ -213,10 +212,8 @@ def preprocess_sequence(input_dir, output_dir, category, sequence, settings: Pre
                 r['pose'] = f"../{proc.name}/poses/frame{f.frame_number:06d}_pose.json"
                 records.append(r)
         if not records:
-            raise DataError(f"{Path(input_dir)/category/sequence}: no usable frame ({len(dropped)} dropped, e.g. "
-                            f"{dropped[0]['reason'] if dropped else 'no frames annotated'}).")
-        corner = tuple(np.asarray(norm['center']) - norm['scale'] / 2)
-        write_binvox(tinst/'seq.binvox', grid, translate=corner, scale=norm['scale'])
+            raise DataError(f"{quoted(Path(input_dir)/category/sequence)}: no usable frame ({len(dropped)} dropped, e.g. {dropped[0]['reason'] if dropped else 'no frames annotated'}).")
+        write_binvox(tinst/'seq.binvox', grid, translate=tuple(np.asarray(norm['center']) - norm['scale'] / 2), scale=norm['scale'])
         meta = dict(sequence_name=sequence, category=category, preprocess_version=PREPROCESS_VERSION,
                     source=dict(root=str(Path(input_dir).resolve()), point_cloud=seq.annotation.point_cloud_path,
                                 n_frames_annotated=len(seq.frames), meta=seq.annotation.meta),
@@ -242,8 +239,7 @@ def load_sequence_meta(output_dir, category, sequence) -> dict:
     if not p.exists(): return None
     from sparse3d.co3d import load_json
     meta = load_json(p)
-    if not isinstance(meta, dict) or 'frames' not in meta:
-        raise DataError(f"{p}: not a sparse3d sequence_meta.json; delete the folder and re-run preprocessing.")
+    if not isinstance(meta, dict) or 'frames' not in meta: raise DataError(f"{quoted(p)}: not a sparse3d sequence_meta.json; delete the folder and re-run preprocessing.")
     return meta
 
 # %% ../nbs/04_preprocess.ipynb #e4efe733
@@ -286,8 +282,7 @@ def preprocess_category(input_dir, output_dir, category='chair', settings: Prepr
     t0 = time.perf_counter()
     out = Path(output_dir)
     if out.resolve() == Path(input_dir).resolve() or Path(input_dir).resolve() in out.resolve().parents:
-        raise ConfigError(f"{out}: the output folder must not be the dataset root or inside it; "
-                          "choose another --output_dir.")
+        raise ConfigError(f"{quoted(out)}: the output folder must not be the dataset root or inside it; choose another --output_dir.")
     cat = _cat_cached(input_dir, category)
     names = list(cat.sequences) if sequences is None else list(sequences)
     clean_partial(out, category)
@@ -324,7 +319,7 @@ def seeded_split(names, seed=42, val_frac=0.1, test_frac=0.1) -> dict:
     "Split sequence `names` by a seeded permutation; val and test get at least one each when there are 3 or more"
     names = sorted(names)
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
-        raise ConfigError(f"val_frac + test_frac must be below 1, got {val_frac} + {test_frac}")
+        raise ConfigError(f"val_frac + test_frac must be below 1, got {quoted(val_frac)} + {quoted(test_frac)}")
     perm = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
     n = len(names)
     n_val, n_test = round(n * val_frac), round(n * test_frac)
@@ -429,14 +424,13 @@ def pack_split(output_dir, category, split, names, progress=True) -> Path:
     from sparse3d.co3d import load_image, load_mask
     base = Path(output_dir)/category/'packed'
     metas = [load_sequence_meta(output_dir, category, n) for n in names]
-    if any(m is None for m in metas): raise DataError(f"{base}: cannot pack {split}: some sequences are not processed.")
+    if any(m is None for m in metas): raise DataError(f"{quoted(base)}: cannot pack {split}: some sequences are not processed.")
     n_frames = [len(m['frames']) for m in metas]
     S = metas[0]['settings']['image_size'] if metas else 0
     D = metas[0]['voxels']['cube_len'] if metas else 0
     for m in metas:
         if (m['settings']['image_size'], m['voxels']['cube_len']) != (S, D):
-            raise DataError(f"{base}: sequences were processed with different image_size/cube_len; "
-                            "re-run preprocessing with one setting.")
+            raise DataError(f"{quoted(base)}: sequences were processed with different image_size/cube_len; re-run preprocessing with one setting.")
     F = sum(n_frames)
     tmp = base/f'.{split}.tmp-{uuid.uuid4().hex[:8]}'
     try:
@@ -486,7 +480,7 @@ def _processed_names(output_dir, category) -> tuple:
         names = [n for n in names if n not in stale]
         if stale: print(f"warning: {len(stale)} sequences were processed with other settings than the latest run and "
                         f"are left out (e.g. {stale[0]}); re-run sparse3d_preprocess to include them.", file=sys.stderr)
-    if not names: raise DataError(f"{folder}: no processed sequences. Run sparse3d_preprocess first.")
+    if not names: raise DataError(f"{quoted(folder)}: no processed sequences. Run sparse3d_preprocess first.")
     return names, stale
 
 def split_and_pack(output_dir, category='chair', input_dir=None, seed=42, val_frac=0.1, test_frac=0.1, progress=True,
@@ -528,11 +522,6 @@ def _settings(config, **kw) -> PreprocessSettings:
     return PreprocessSettings(cfg.image_size, cfg.cube_len, cfg.fill, cfg.crop_margin,
                               bool(kw.get('apply_mask')), kw.get('max_frames') or 0)
 
-def _cli_errors(f):
-    "Run CLI body `f`, turning a sparse3d error into a one-line message and exit status 2"
-    try: return f()
-    except Sparse3DError as e: sys.exit(f"error: {e}")
-
 @call_parse
 def ply2voxel_cli(input:Param('a point cloud .ply', str, required=True)=None,
                   output:Param('the .binvox to write', str, required=True)=None,
@@ -546,7 +535,7 @@ def ply2voxel_cli(input:Param('a point cloud .ply', str, required=True)=None,
         grid, norm = ply2voxel(xyz, cube_len, fill, outlier_std or None)
         write_binvox(output, grid, translate=tuple(np.asarray(norm['center']) - norm['scale'] / 2), scale=norm['scale'])
         print(json.dumps(dict(output=output, occupancy=round(float(grid.mean()), 4), **norm)))
-    _cli_errors(run)
+    with cli_errors('sparse3d_ply2voxel'): run()
 
 @call_parse
 def extract_poses_cli(input_dir:Param('CO3D root', str, required=True)=None,
@@ -556,13 +545,13 @@ def extract_poses_cli(input_dir:Param('CO3D root', str, required=True)=None,
     "Write poses/frameNNNNNN_pose.json (CO3D {R, T}, OpenCV and normalised cameras of the full image) for one sequence"
     def run():
         cat = Co3dCategory(input_dir, category)
-        if sequence not in cat.sequences: raise DataError(f"{Path(input_dir)/category}: no sequence {sequence!r}.")
+        if sequence not in cat.sequences: raise DataError(f"{quoted(Path(input_dir)/category)}: no sequence {quoted(sequence)}.")
         seq = cat[sequence]
         _, norm = ply2voxel(cat.load_pointcloud(seq)[0], 32, 'surface')
         d = seq_dirs(output_dir, category, sequence)[0]/'poses'
         for f in seq.frames: save_json(d/f'frame{f.frame_number:06d}_pose.json', frame_pose(f, norm))
         print(f"{len(seq.frames)} poses written to {d}")
-    _cli_errors(run)
+    with cli_errors('sparse3d_extract_poses'): run()
 
 @call_parse
 def preprocess_sequence_cli(input_dir:Param('CO3D root', str, required=True)=None,
@@ -583,7 +572,7 @@ def preprocess_sequence_cli(input_dir:Param('CO3D root', str, required=True)=Non
         meta = preprocess_sequence(input_dir, output_dir, category, sequence, st)
         print(f"{sequence}: {len(meta['frames'])} frames kept, {len(meta['dropped'])} dropped, "
               f"occupancy {meta['voxels']['occupancy']:.3f}")
-    _cli_errors(run)
+    with cli_errors('sparse3d_preprocess_sequence'): run()
 
 @call_parse
 def preprocess_cli(input_dir:Param('CO3D root (a download, or sparse3d_synth output)', str, required=True)=None,
@@ -612,7 +601,7 @@ def preprocess_cli(input_dir:Param('CO3D root (a download, or sparse3d_synth out
         if not no_split:
             sp = split_and_pack(output_dir, category, input_dir, load_config(config, seed=seed).seed)
             print(f"split ({sp['source']}): " + ', '.join(f"{k} {len(sp[k])}" for k in SPLITS))
-    _cli_errors(run)
+    with cli_errors('sparse3d_preprocess'): run()
 
 @call_parse
 def split_cli(output_dir:Param('processed root', str, required=True)=None,
@@ -629,4 +618,4 @@ def split_cli(output_dir:Param('processed root', str, required=True)=None,
                             pack_all=pack_all)
         print(f"split ({sp['source']}): " + ', '.join(f"{k} {len(sp[k])}" for k in SPLITS)
               + (f", heldout {len(sp['heldout'])} ({sp['hold_out']})" if sp['hold_out'] else ''))
-    _cli_errors(run)
+    with cli_errors('sparse3d_split'): run()

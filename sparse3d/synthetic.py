@@ -27,6 +27,9 @@ from .co3d import (FrameAnnotation, SequenceAnnotation, camera_to_viewpoint, fra
                            save_pointcloud, sequence_to_dict)
 from .geometry import Camera, Similarity, look_at, sample_surface
 
+# %% ../nbs/03_synthetic.ipynb #82baadcb
+from .config import cli_errors, quoted      # one-line errors and exit codes of the command; input shown safely
+
 # %% ../nbs/03_synthetic.ipynb #7856b609
 _UNIT = {}
 
@@ -1081,8 +1084,7 @@ def _check_existing(seq, root, category, n_frames, image_size):
     images = sorted((folder/'images').glob('frame*.jpg'))
     size = Image.open(images[0]).size if images else None
     if len(images) != n_frames or size != (image_size, image_size):
-        raise ConfigError(f"{folder}: exists with {len(images)} frames of {size} pixels, "
-                          f"but this run asks for {n_frames} frames of "
+        raise ConfigError(f"{quoted(folder)}: exists with {len(images)} frames of {size} pixels, but this run asks for {n_frames} frames of "
                           f"{image_size}x{image_size}. Use another --out, or delete {root} to start again.")
     masses = [_mask_mass(root/_frame_paths(category, seq.name, k)[1]) for k in range(1, n_frames + 1)]
     return _annotations(seq, category, masses, len(load_pointcloud(folder/'pointcloud.ply')[0]))
@@ -1125,13 +1127,11 @@ def check_synth_args(out, n_sequences, n_frames, image_size, seed, workers, cate
     if out is None or str(out) == '':
         raise ConfigError("--out is missing: give the folder to write the dataset to, e.g. --out data/synth.")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder. --out must be a folder (new, "
-                          "or an earlier sparse3d_synth output).")
+    if out.exists() and not out.is_dir(): raise ConfigError(f"{quoted(out)}: exists and is not a folder. --out must be a folder (new, or an earlier sparse3d_synth output).")
     def _int(name, v, lo, hi=None):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
             rng = f'from {lo} to {hi}' if hi is not None else f'>= {lo}'
-            raise ConfigError(f"command line: --{name} must be an integer {rng}, got {v!r}.")
+            raise ConfigError(f"command line: --{name} must be an integer {rng}, got {quoted(v)}.")
         return int(v)
     n_sequences = _int('sequences', n_sequences, 1, 100_000)
     n_frames = _int('frames', n_frames, 1, 10_000)
@@ -1139,8 +1139,7 @@ def check_synth_args(out, n_sequences, n_frames, image_size, seed, workers, cate
     seed = check_value('seed', seed, 'command line')
     workers = check_value('workers', workers, 'command line')
     if not isinstance(category, str) or not _CATEGORY.fullmatch(category):
-        raise ConfigError(f"command line: --category {category!r} must be a folder name of letters, digits, "
-                          "'_' or '-', e.g. chair.")
+        raise ConfigError(f"command line: --category {quoted(category)} must be a folder name of letters, digits, '_' or '-', e.g. chair.")
     return out, n_sequences, n_frames, image_size, seed, workers, category
 
 # %% ../nbs/03_synthetic.ipynb #8f1be4aa
@@ -1214,10 +1213,9 @@ def synth_cli(out: str = None,         # folder to write the CO3D v2-format data
               misc: int = 0):          # also render this many other objects (tables, lamps...) in category misc
     "Render procedural chairs (six families, or a grammar) as a CO3D v2 dataset: images, masks, depths, point clouds"
     t0 = time.perf_counter()
-    try: root = render_dataset(out, sequences, frames, image_size, seed, workers, category, progress=not quiet,
-                               shapes=shapes, misc=misc)
-    except ConfigError as e:
-        print(f'sparse3d_synth: error: {e}', file=sys.stderr); sys.exit(2)
+    with cli_errors('sparse3d_synth'):
+        root = render_dataset(out, sequences, frames, image_size, seed, workers, category, progress=not quiet,
+                              shapes=shapes, misc=misc)
     dt = time.perf_counter() - t0
     n = sequences + misc
     if not quiet: print(f'{root}: {sequences} sequences x {frames} frames at {image_size} px in {dt:.1f} s '

@@ -3,13 +3,12 @@
 The slow test runs `--quick` into a temporary folder, with an (untrained) checkpoint and a tiny processed
 root so the quality section is filled in too, and checks BENCHMARKS.md has every section; it checks
 no timing value. The fast tests check that bad arguments fail cleanly before any benchmark runs: exit
-status 1, one `error: ...` line naming the problem, no traceback, nothing written.
+status 2, one `sparse3d_bench: error: ...` line naming the problem, no traceback, nothing written.
 """
 import json, subprocess, sys
 from dataclasses import asdict
 from pathlib import Path
 
-import pytest
 
 BENCH = Path(sys.executable).with_name('sparse3d_bench')
 SECTIONS = ('# sparse3d benchmarks', '## Machine', '## Headline', '## Targets', '## Training', '## Inference',
@@ -22,10 +21,10 @@ def bench(*args, timeout=120):
 
 
 def one_error_line(r):
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert r.returncode == 1, (r.returncode, r.stderr)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, (r.returncode, r.stderr)
     assert 'Traceback' not in r.stderr, r.stderr
-    assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr
+    assert len(lines) == 1 and lines[0].startswith('sparse3d_bench: error: '), r.stderr
     return lines[0]
 
 
@@ -36,7 +35,8 @@ def fake_checkpoint(path, **cfg_kw):
     from sparse3d.model import VAEGAN
     from sparse3d.train import CHECKPOINT_FORMAT, save_checkpoint
     cfg = load_config(None, **{'image_size': 64, 'cube_len': 32, 'z_size': 16, **cfg_kw})
-    save_checkpoint(path, dict(format=CHECKPOINT_FORMAT, model=VAEGAN(cfg, POSE_DIM).state_dict(), config=asdict(cfg), epoch=2,
+    save_checkpoint(path, dict(format=CHECKPOINT_FORMAT, model=VAEGAN(cfg, POSE_DIM).state_dict(), config=asdict(cfg),
+                               epoch=2,
                                step=4, history=[], pose_dim=POSE_DIM, threshold=0.5, best_iou=0.2))
     return Path(path)
 
@@ -53,14 +53,16 @@ def test_bad_runs_spec(tmp_path):
 
 
 def test_missing_checkpoint(tmp_path):
-    line = one_error_line(bench('--output', tmp_path/'B.md', '--runs', f"pose, mean={tmp_path/'nope.pt'}", '--test_dir', tmp_path))
+    line = one_error_line(bench('--output', tmp_path/'B.md', '--runs', f"pose, mean={tmp_path/'nope.pt'}",
+                                '--test_dir', tmp_path))
     assert f"{tmp_path/'nope.pt'}: checkpoint of 'pose, mean' not found" in line
 
 
 def test_runs_need_test_dir(tmp_path):
     ck = fake_checkpoint(tmp_path/'run'/'checkpoints'/'best.pt')
     assert '--runs needs --test_dir' in one_error_line(bench('--output', tmp_path/'B.md', '--runs', f'a={ck}'))
-    assert 'no packed test split here' in one_error_line(bench('--output', tmp_path/'B.md', '--runs', f'a={ck}', '--test_dir', tmp_path))
+    assert 'no packed test split here' in one_error_line(bench('--output', tmp_path/'B.md', '--runs', f'a={ck}',
+                                                               '--test_dir', tmp_path))
 
 
 def test_output_is_a_folder(tmp_path):
@@ -72,13 +74,15 @@ def test_quick_end_to_end(tmp_path):
     from sparse3d.preprocess import PreprocessSettings, preprocess_category, split_and_pack
     from sparse3d.synthetic import render_dataset
     render_dataset(tmp_path/'co3d', n_sequences=5, n_frames=8, image_size=64, seed=3, workers=1, progress=False)
-    preprocess_category(tmp_path/'co3d', tmp_path/'proc', 'chair', PreprocessSettings(image_size=64, cube_len=32), workers=1, progress=False)
+    preprocess_category(tmp_path/'co3d', tmp_path/'proc', 'chair', PreprocessSettings(image_size=64, cube_len=32),
+                        workers=1, progress=False)
     split_and_pack(tmp_path/'proc', 'chair', tmp_path/'co3d', progress=False)
     ck = fake_checkpoint(tmp_path/'run'/'checkpoints'/'best.pt')
     (tmp_path/'run'/'metrics.jsonl').write_text('{"epoch": 1, "seconds": 60, "val_iou_best": 0.1}\n'
                                                '{"epoch": 2, "seconds": 60, "val_iou_best": 0.2}\n')
     out, js = tmp_path/'out'/'BENCHMARKS.md', tmp_path/'out'/'bench.json'
-    r = bench('--quick', '--output', out, '--json_path', js, '--threads', 1, '--runs', f'untrained={ck}', '--test_dir', tmp_path/'proc',
+    r = bench('--quick', '--output', out, '--json_path', js, '--threads', 1, '--runs', f'untrained={ck}',
+              '--test_dir', tmp_path/'proc',
               '--work_dir', tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith(f'{out}: training '), r.stdout
@@ -94,5 +98,6 @@ def test_quick_end_to_end(tmp_path):
     assert res['quick'] and res['threads'] == 1
     assert res['train']['flops_per_step'] > 0 and res['train']['skipped_steps'] == 0
     assert [row['n_sequences'] for row in res['pipeline']['rows']] == [4, 8]
-    assert sorted(p.name for p in out.parent.iterdir()) == ['BENCHMARKS.md', 'bench.json']      # written atomically, no leftovers
+    # written atomically, no leftovers
+    assert sorted(p.name for p in out.parent.iterdir()) == ['BENCHMARKS.md', 'bench.json']
     assert not list(tmp_path.glob('sparse3d_bench_*')), 'temporary work folder left behind'

@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 import trimesh
 from binvox import Binvox
 
-from sparse3d.binvox import read_binvox, write_binvox, VoxelGrid
+from sparse3d.binvox import read_binvox, write_binvox
 
 
 def asymmetric_grid(dim=32, seed=0):

@@ -25,17 +25,19 @@ def sparse3d_test(*args, ok=True, timeout=600): return run_cli(BIN/'sparse3d_tes
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
-    "A CO3D-format root of 8 synthetic chairs (6 frames of 64 px), its processed form (4 train, 2 val, 2 test), two tiny models"
+    "A CO3D-format root of 8 synthetic chairs (6 frames of 64 px), processed (4 train, 2 val, 2 test), two tiny models"
     from sparse3d.synthetic import render_dataset
     from sparse3d.preprocess import PreprocessSettings, preprocess_category, split_and_pack
     from sparse3d.config import load_config
     from sparse3d.train import fit
     d = tmp_path_factory.mktemp('evalcli')
     render_dataset(d/'co3d', n_sequences=8, n_frames=6, image_size=64, seed=1, workers=1, progress=False)
-    preprocess_category(d/'co3d', d/'proc', 'chair', PreprocessSettings(image_size=64, cube_len=32), workers=1, progress=False)
+    preprocess_category(d/'co3d', d/'proc', 'chair', PreprocessSettings(image_size=64, cube_len=32), workers=1,
+                        progress=False)
     split_and_pack(d/'proc', 'chair', None, seed=0, val_frac=0.25, test_frac=0.25, progress=False)
     torch.set_num_threads(2)
-    small = dict(image_size=64, batch_size=4, num_views=2, z_size=16, n_epochs=1, workers=0, device='cpu', save_freq=10, vis_freq=10)
+    small = dict(image_size=64, batch_size=4, num_views=2, z_size=16, n_epochs=1, workers=0, device='cpu', save_freq=10,
+                 vis_freq=10)
     fit(load_config(None, **small), d/'proc', d/'pose', progress=False)
     fit(load_config(None, **small, use_pose=False), d/'proc', d/'nopose', progress=False)
     return d
@@ -65,9 +67,10 @@ def test_processed_root_writes_everything(world, tmp_path):
     lines = p.stdout.splitlines()
     assert lines[-1] == f"report: {out/'report.html'}"
     assert '2 chair objects of' in p.stdout and 'test split' in p.stdout
-    table = [l for l in lines if l.split('|')[0].strip().isdigit()]
-    assert [l.split('|')[0].strip() for l in table] == ['1', '2', '4'], p.stdout
-    assert all(len(l.split('|')) == 4 and len(l.split('|')[1].split()) == 3 for l in table)   # model, hull, mean per metric
+    table = [line for line in lines if line.split('|')[0].strip().isdigit()]
+    assert [line.split('|')[0].strip() for line in table] == ['1', '2', '4'], p.stdout
+    # model, hull, mean per metric
+    assert all(len(line.split('|')) == 4 and len(line.split('|')[1].split()) == 3 for line in table)
 
     assert sorted(f.name for f in out.iterdir()) == ['metrics.json', 'metrics_per_object.csv', 'prediction_3d.html',
                                                      'predictions', 'report.html']
@@ -85,9 +88,11 @@ def test_processed_root_writes_everything(world, tmp_path):
 
     m = json.loads((out/'metrics.json').read_text())
     ck = torch.load(ckpt(world), map_location='cpu', weights_only=True)
-    assert (m['mode'], m['threshold'], m['threshold_source']) == ('processed', ck['threshold'], 'validation-best, stored in the checkpoint')
+    assert (m['mode'], m['threshold'], m['threshold_source']) == ('processed', ck['threshold'],
+                                                                  'validation-best, stored in the checkpoint')
     assert m['views'] == [1, 2, 4] and m['data']['n_objects'] == 2 and m['data']['split'] == 'test'
-    assert sorted(m['means']) == ['mean_shape', 'model', 'visual_hull'] and sorted(m['means']['model']) == ['1', '2', '4']
+    assert sorted(m['means']) == ['mean_shape', 'model', 'visual_hull'], sorted(m['means'])
+    assert sorted(m['means']['model']) == ['1', '2', '4'], sorted(m['means']['model'])
     for method in m['means']:
         for v in ('1', '2', '4'):
             ious = [float(r['iou']) for r in rows if r['method'] == method and r['num_views'] == v]
@@ -113,9 +118,10 @@ def test_processed_root_writes_everything(world, tmp_path):
 
 
 def test_threshold_flag_and_almost_empty_warning(world, tmp_path):
-    p = sparse3d_test('--model_path', ckpt(world), '--test_dir', world/'proc', '--output_dir', tmp_path, '--split', 'val',
+    p = sparse3d_test('--model_path', ckpt(world), '--test_dir', world/'proc', '--output_dir', tmp_path,
+                      '--split', 'val',
                       '--threshold', '0.99', '--device', 'cpu', '--max_objects', '1')
-    warn = [l for l in p.stderr.splitlines() if l.startswith('warning: ')]
+    warn = [line for line in p.stderr.splitlines() if line.startswith('warning: ')]
     assert len(warn) == 1 and '1 of 1 predictions from 2 views are almost empty at threshold 0.99' in warn[0], p.stderr
     assert '(--threshold ' in warn[0]                                       # the threshold that recovers the shape
     m = json.loads((tmp_path/'metrics.json').read_text())
@@ -126,10 +132,12 @@ def test_photos_with_and_without_poses_for_a_model_without_poses(world, photos, 
     posed, bare = photos
     for folder, note in ((posed, 'given but not used'), (bare, 'none')):
         out = tmp_path/folder.name
-        p = sparse3d_test('--model_path', ckpt(world, 'nopose'), '--test_dir', folder, '--output_dir', out, '--device', 'cpu')
+        p = sparse3d_test('--model_path', ckpt(world, 'nopose'), '--test_dir', folder, '--output_dir', out,
+                          '--device', 'cpu')
         assert f'4 photos in {folder}; poses: {note}' in p.stdout, p.stdout
         assert p.stdout.splitlines()[-1] == f"report: {out/'report.html'}"
-        assert sorted(f.name for f in out.iterdir()) == ['metrics.json', 'prediction_3d.html', 'predictions', 'predictions.csv', 'report.html']
+        assert sorted(f.name for f in out.iterdir()) == ['metrics.json', 'prediction_3d.html', 'predictions',
+                                                         'predictions.csv', 'report.html']
         rows = list(csv.DictReader(open(out/'predictions.csv', encoding='utf-8')))
         assert [(r['num_views'], r['views']) for r in rows] == [('4', 'IMG_0001 IMG_0002 IMG_0003 IMG_0004')]
         assert (out/rows[0]['binvox']).exists()
@@ -137,19 +145,23 @@ def test_photos_with_and_without_poses_for_a_model_without_poses(world, photos, 
         assert m['mode'] == 'photos' and [i['size'] for i in m['inputs']] == [[150, 200]] * 4
         assert all(i['crop_box'][2] >= 50 for i in m['inputs'])               # a square around each chair
         if folder == posed: assert 'poses are not used' in p.stderr
-    p = sparse3d_test('--model_path', ckpt(world, 'nopose'), '--test_dir', bare, '--output_dir', tmp_path/'two', '--views', '1,2',
+    p = sparse3d_test('--model_path', ckpt(world, 'nopose'), '--test_dir', bare, '--output_dir', tmp_path/'two',
+                      '--views', '1,2',
                       '--device', 'cpu')
     assert [r['num_views'] for r in csv.DictReader(open(tmp_path/'two'/'predictions.csv'))] == ['1', '2']
 
 
 def test_photos_pose_model(world, photos, tmp_path):
     posed, bare = photos
-    p = sparse3d_test('--model_path', ckpt(world), '--test_dir', posed, '--output_dir', tmp_path/'ok', '--num_views', '3', '--device', 'cpu')
+    p = sparse3d_test('--model_path', ckpt(world), '--test_dir', posed, '--output_dir', tmp_path/'ok',
+                      '--num_views', '3', '--device', 'cpu')
     m = json.loads((tmp_path/'ok'/'metrics.json').read_text())
     assert m['data']['poses'] == 'used' and m['views'] == [3] and len(m['inputs']) == 3
     assert m['inputs'][0]['camera']['image_size'] == [64, 64]                # the crop's camera
-    p = sparse3d_test('--model_path', ckpt(world), '--test_dir', bare, '--output_dir', tmp_path/'no', '--device', 'cpu', ok=False)
-    assert p.returncode != 0 and p.stderr.strip().startswith('error: ') and 'trained with camera poses, but IMG_0001' in p.stderr
+    p = sparse3d_test('--model_path', ckpt(world), '--test_dir', bare, '--output_dir', tmp_path/'no', '--device', 'cpu',
+                      ok=False)
+    assert p.returncode != 0 and p.stderr.strip().startswith('error: '), p.stderr
+    assert 'trained with camera poses, but IMG_0001' in p.stderr, p.stderr
     assert not (tmp_path/'no').exists()
 
 
@@ -163,17 +175,21 @@ def bad_checkpoints(world, tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize('case', ['co3d_root', 'too_many_views', 'unknown_split', 'other_architecture', 'corrupt', 'use_pose',
-                                  pytest.param('bad_views', marks=pytest.mark.slow), pytest.param('category', marks=pytest.mark.slow)])
+@pytest.mark.parametrize('case', ['co3d_root', 'too_many_views', 'unknown_split', 'other_architecture', 'corrupt',
+                                  'use_pose',
+                                  pytest.param('bad_views', marks=pytest.mark.slow),
+                                  pytest.param('category', marks=pytest.mark.slow)])
 def test_bad_inputs_are_one_line_errors(world, bad_checkpoints, tmp_path, case):
     args = dict(model_path=ckpt(world), test_dir=world/'proc', output_dir=tmp_path/'out', device='cpu')
     args, expect = {
         'co3d_root': ({**args, 'test_dir': world/'co3d'}, 'a CO3D root that is not preprocessed'),
         'too_many_views': ({**args, 'num_views': 7}, 'num_views=7, but sequence'),
         'unknown_split': ({**args, 'split': 'dev'}, "unknown split 'dev'; use one of train, val, test"),
-        'other_architecture': ({**args, 'model_path': bad_checkpoints/'other.pt'}, 'made for another architecture: pose_dim=12 in the checkpoint, 9 here'),
+        'other_architecture': ({**args, 'model_path': bad_checkpoints/'other.pt'},
+                               'made for another architecture: pose_dim=12 in the checkpoint, 9 here'),
         'corrupt': ({**args, 'model_path': bad_checkpoints/'cut.pt'}, 'cut.pt: corrupt or truncated checkpoint'),
-        'use_pose': ({**args, 'use_pose': 'false'}, 'trained with camera poses (use_pose: true) and cannot run without them'),
+        'use_pose': ({**args, 'use_pose': 'false'},
+                     'trained with camera poses (use_pose: true) and cannot run without them'),
         'bad_views': ({**args, 'views': '1,x'}, '--views must be view counts separated by commas'),
         'category': ({**args, 'category': 'car'}, "no category 'car' in this processed root (it has: chair)"),
     }[case]

@@ -6,7 +6,7 @@ where an undisturbed run ends.
 
 Disk-full is simulated twice: in-process by patching the writer (works everywhere), and for real on a small tmpfs
 (`mount -t tmpfs`; those tests are skipped where mounting is not allowed)."""
-import contextlib, errno, hashlib, json, os, shutil, subprocess, sys
+import contextlib, errno, hashlib, json, os, shutil, subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,12 @@ ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def digest(path): return hashlib.sha1(Path(path).read_bytes()).hexdigest()
-def tree_digest(root): return {str(p.relative_to(root)): digest(p) for p in sorted(Path(root).rglob('*')) if p.is_file()}
+def tree_digest(root):
+    return {str(p.relative_to(root)): digest(p) for p in sorted(Path(root).rglob('*')) if p.is_file()}
 def leftovers(root): return sorted(str(p.relative_to(root)) for p in Path(root).rglob('*') if '.tmp' in p.name)
 
 
-# --- atomic_write, the one writer every output goes through ------------------------------------------------------------
+# --- atomic_write, the one writer every output goes through ------------------------------------------------------
 
 STAGES = ['mkstemp', 'write', 'fsync', 'replace']
 ERRNOS = {errno.ENOSPC: 'disk is full', errno.EDQUOT: 'quota', errno.EROFS: 'read-only', errno.EACCES: 'permission'}
@@ -35,7 +36,8 @@ ERRNOS = {errno.ENOSPC: 'disk is full', errno.EDQUOT: 'quota', errno.EROFS: 'rea
 @pytest.mark.parametrize('stage', STAGES)
 @pytest.mark.parametrize('code', list(ERRNOS))
 def test_atomic_write_refused_keeps_previous_file(tmp_path, monkeypatch, fault, stage, code):
-    fault.describe('Disk', 'ENOSPC, EDQUOT, EROFS or EACCES raised by mkstemp, write, fsync or replace inside atomic_write',
+    fault.describe('Disk', 'ENOSPC, EDQUOT, EROFS or EACCES raised by mkstemp, write, fsync or replace inside '
+                   'atomic_write',
                    'OutputError naming the file and the cause; previous content intact; no temporary file')
     fault.case()
     target = tmp_path/'out'/'latest.pt'
@@ -45,10 +47,11 @@ def test_atomic_write_refused_keeps_previous_file(tmp_path, monkeypatch, fault, 
     if stage == 'mkstemp': monkeypatch.setattr(config_mod.tempfile, 'mkstemp', boom)
     if stage == 'fsync': monkeypatch.setattr(config_mod.os, 'fsync', boom)
     if stage == 'replace': monkeypatch.setattr(config_mod.os, 'replace', boom)
-    with pytest.raises(OutputError) as e:
+    def write_new():
         with atomic_write(target) as f:
             f.write(b'new content ' * 1000)
             if stage == 'write': raise err                       # what f.write raises on a full disk
+    with pytest.raises(OutputError) as e: write_new()
     msg = str(e.value)
     assert str(target) in msg and ERRNOS[code] in msg.lower(), msg
     assert isinstance(e.value, Sparse3DError) and isinstance(e.value, OSError) and e.value.errno == code
@@ -56,25 +59,28 @@ def test_atomic_write_refused_keeps_previous_file(tmp_path, monkeypatch, fault, 
 
 
 def test_atomic_write_other_errors_pass_through(tmp_path, fault):
-    fault.describe('Disk', 'a non-disk error inside atomic_write (a bug in the caller)', 'raised unchanged, not disguised as a disk error')
+    fault.describe('Disk', 'a non-disk error inside atomic_write (a bug in the caller)',
+                   'raised unchanged, not disguised as a disk error')
     fault.case()
     target = tmp_path/'x.json'; target.write_text('old')
-    with pytest.raises(ZeroDivisionError):
-        with atomic_write(target, 'w') as f: f.write('half'); 1 / 0
+    def write_then_fail():
+        with atomic_write(target, 'w') as f: f.write('half'); raise ZeroDivisionError('a bug in the caller')
+    with pytest.raises(ZeroDivisionError): write_then_fail()
     with pytest.raises(FileNotFoundError):                       # an input that is missing is not an output problem
         with atomic_write(target, 'w') as f: f.write(open(tmp_path/'missing.txt').read())
     assert target.read_text() == 'old' and leftovers(tmp_path) == []
 
 
 def test_atomic_write_respects_umask(tmp_path, fault):
-    fault.describe('Disk', 'file mode of atomically written outputs', 'same mode as an ordinary write (umask), not 0600')
+    fault.describe('Disk', 'file mode of atomically written outputs',
+                   'same mode as an ordinary write (umask), not 0600')
     fault.case()
     with atomic_write(tmp_path/'a.bin') as f: f.write(b'x')
     (tmp_path/'b.bin').write_bytes(b'x')
     assert (tmp_path/'a.bin').stat().st_mode & 0o777 == (tmp_path/'b.bin').stat().st_mode & 0o777
 
 
-# --- a checkpoint write fails in fit(), in-process ----------------------------------------------------------------------
+# --- a checkpoint write fails in fit(), in-process ----------------------------------------------------------------
 
 def failing_save(monkeypatch, at_epoch, hidden):
     "torch.save that writes half of the checkpoint of `at_epoch` and fails as a full disk makes it fail"
@@ -94,10 +100,13 @@ def failing_save(monkeypatch, at_epoch, hidden):
     monkeypatch.setattr(config_mod.os, 'fsync', fsync)
 
 
-@pytest.mark.parametrize('hidden', [pytest.param(False, marks=pytest.mark.slow), True], ids=['oserror', 'torch-runtimeerror'])
+@pytest.mark.parametrize('hidden', [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=['oserror', 'torch-runtimeerror'])
 def test_fit_checkpoint_disk_full_keeps_last_checkpoint(faults_data, tmp_path, monkeypatch, fault, hidden):
-    fault.describe('Disk', 'disk full while fit() writes the checkpoints of epoch 2' + (' (torch.save hides the OSError in a RuntimeError)' if hidden else ''),
-                   'OutputError naming the checkpoint; latest.pt still epoch 1 and loads; metrics.jsonl says epoch 1; no temp files')
+    hides = ' (torch.save hides the OSError in a RuntimeError)' if hidden else ''
+    fault.describe('Disk', 'disk full while fit() writes the checkpoints of epoch 2' + hides,
+                   'OutputError naming the checkpoint; latest.pt still epoch 1 and loads; metrics.jsonl says epoch 1; '
+                   'no temp files')
     fault.case()
     cfg = load_config(faults_data['config'], n_epochs=2)
     failing_save(monkeypatch, 2, hidden)
@@ -108,15 +117,16 @@ def test_fit_checkpoint_disk_full_keeps_last_checkpoint(faults_data, tmp_path, m
     assert 'disk is full' in msg and str(tmp_path/'checkpoints') in msg and '.pt: cannot write it' in msg, msg
     ck = load_checkpoint(tmp_path/'checkpoints'/'latest.pt')
     assert ck['epoch'] == 1 and all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
-    assert [json.loads(l)['epoch'] for l in (tmp_path/'metrics.jsonl').read_text().splitlines()] == [1]
+    assert [json.loads(line)['epoch'] for line in (tmp_path/'metrics.jsonl').read_text().splitlines()] == [1]
     assert leftovers(tmp_path) == []
 
 
-# --- preprocessing: the disk fills up in the middle of a re-run ----------------------------------------------------------
+# --- preprocessing: the disk fills up in the middle of a re-run ----------------------------------------------------
 
 def test_preprocess_disk_full_keeps_previous_outputs(faults_data, tmp_path, monkeypatch, fault):
-    fault.describe('Disk', 'disk full in the middle of re-processing a category with new settings (fsync fails from the 25th write on)',
-                   'OutputError naming the file; every sequence is either its old complete self or its new one; packed splits untouched; a re-run finishes')
+    fault.describe('Disk', 'disk full in the middle of re-processing a category with new settings (fsync fails from '
+                   'the 25th write on)', 'OutputError naming the file; every sequence is either its old complete self '
+                   'or its new one; packed splits untouched; a re-run finishes')
     from sparse3d.preprocess import PreprocessSettings, preprocess_category, load_sequence_meta, split_and_pack
     from sparse3d.co3d import load_image
     out = tmp_path/'proc'
@@ -131,7 +141,8 @@ def test_preprocess_disk_full_keeps_previous_outputs(faults_data, tmp_path, monk
         return real(fd)
     monkeypatch.setattr(config_mod.os, 'fsync', fsync)
     st = PreprocessSettings(image_size=32)
-    with pytest.raises(Sparse3DError) as e: preprocess_category(faults_data['co3d'], out, 'chair', st, workers=1, progress=False)
+    with pytest.raises(Sparse3DError) as e: preprocess_category(faults_data['co3d'], out, 'chair', st, workers=1,
+                                                                progress=False)
     monkeypatch.undo()
     fault.case()
     assert 'disk is full' in str(e.value) and str(out) in str(e.value), str(e.value)
@@ -158,7 +169,8 @@ def test_preprocess_read_only_output_stops_run(faults_data, tmp_path, monkeypatc
     def refuse(*a, **k): raise OSError(errno.EROFS, os.strerror(errno.EROFS))
     monkeypatch.setattr(config_mod.tempfile, 'mkstemp', refuse)
     with pytest.raises(Sparse3DError) as e:
-        preprocess_category(faults_data['co3d'], tmp_path/'proc', 'chair', PreprocessSettings(image_size=32), workers=1, progress=False)
+        preprocess_category(faults_data['co3d'], tmp_path/'proc', 'chair', PreprocessSettings(image_size=32), workers=1,
+                            progress=False)
     assert 'read-only' in str(e.value) and str(tmp_path/'proc') in str(e.value)
 
 
@@ -173,18 +185,21 @@ class Tmpfs:
 @contextlib.contextmanager
 def tmpfs(path, size):
     "A tmpfs of `size` bytes mounted at `path` (skip the test where that is not allowed)"
-    if os.geteuid() != 0 or not shutil.which('mount'): pytest.skip('mounting a tmpfs needs root; the patched-writer tests cover this')
+    if os.geteuid() != 0 or not shutil.which('mount'):
+        pytest.skip('mounting a tmpfs needs root; the patched-writer tests cover this')
     path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={int(size)},mode=0755', 'tmpfs', str(path)], capture_output=True, text=True)
+    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={int(size)},mode=0755', 'tmpfs', str(path)],
+                       capture_output=True, text=True)
     if r.returncode: pytest.skip(f'cannot mount a tmpfs here ({r.stderr.strip()}); the patched-writer tests cover this')
     try: yield Tmpfs(path)
     finally: subprocess.run(['umount', '-l', str(path)], capture_output=True)
 
 
 def clear_error(p, *words):
-    "The CLI failed with one 'error: ...' line that says `words` (any case), and no traceback"
+    "The CLI failed at run time (exit status 1) with one 'error: ...' line saying `words` (any case), no traceback"
     err = p.stderr
-    assert p.returncode not in (0, -7, 135), (p.returncode, err[-2000:])          # -7 / 135: SIGBUS
+    # not -7 / 135 (SIGBUS), not 2 (a disk is no bad input)
+    assert p.returncode == 1, (p.returncode, err[-2000:])
     assert 'Traceback' not in err and 'error:' in err, err[-3000:]
     for w in words: assert w.lower() in err.lower(), (w, err[-2000:])
 
@@ -192,20 +207,26 @@ def clear_error(p, *words):
 @pytest.mark.timeout(300)
 def test_train_cli_disk_full_then_resume(faults_data, faults_cli, faults_reference_run, tmp_path, fault):
     fault.describe('Disk', 'sparse3d_train on a real tmpfs that fills up at epoch 2, then more space and --resume',
-                   'one-line error naming the checkpoint, no traceback; every .pt loads; after --resume the weights equal an uninterrupted run')
+                   'one-line error naming the checkpoint, no traceback; every .pt loads; after --resume the weights '
+                   'equal an uninterrupted run')
     fault.case()
     size = (faults_reference_run/'checkpoints'/'latest.pt').stat().st_size
     cfg = tmp_path/'cfg.yaml'
     cfg.write_text(faults_data['config'].read_text().replace('save_freq: 1', 'save_freq: 100'))
-    with tmpfs(tmp_path/'mnt', 2.5 * size) as fs:               # epoch 1: latest.pt + best.pt fit; epoch 2's latest.pt does not
+    # epoch 1: latest.pt + best.pt fit; epoch 2's latest.pt does not
+    with tmpfs(tmp_path/'mnt', 2.5 * size) as fs:
         out = fs.path/'run'
-        p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', cfg, '--input_dir', faults_data['proc'], '--output_dir', out, ok=False)
+        p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', cfg, '--input_dir', faults_data['proc'],
+                           '--output_dir', out, ok=False)
         clear_error(p, 'disk is full', '.pt: cannot write it')
-        assert {q.name: load_checkpoint(q)['epoch'] for q in (out/'checkpoints').glob('*.pt')}['latest.pt'] == 1   # all load
+        # all load
+        assert {q.name: load_checkpoint(q)['epoch'] for q in (out/'checkpoints').glob('*.pt')}['latest.pt'] == 1
         assert leftovers(out) == []
         fs.remount(f'size={int(8 * size)}')
-        faults_cli.run(faults_cli.bin/'sparse3d_train', '--input_dir', faults_data['proc'], '--output_dir', out, '--resume')
-        a, b = load_checkpoint(out/'checkpoints'/'latest.pt'), load_checkpoint(faults_reference_run/'checkpoints'/'latest.pt')
+        faults_cli.run(faults_cli.bin/'sparse3d_train', '--input_dir', faults_data['proc'], '--output_dir', out,
+                       '--resume')
+        a = load_checkpoint(out/'checkpoints'/'latest.pt')
+        b = load_checkpoint(faults_reference_run/'checkpoints'/'latest.pt')
         assert a['epoch'] == 3 and all(torch.equal(a['model'][k], b['model'][k]) for k in b['model'])
 
 
@@ -222,7 +243,8 @@ def test_train_cli_read_only_run_folder(faults_data, faults_cli, faults_referenc
         shutil.copy(faults_reference_run/'checkpoints'/'epoch_1.pt', out/'checkpoints'/'latest.pt')
         before = tree_digest(out)
         fs.remount('ro')
-        p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--input_dir', faults_data['proc'], '--output_dir', out, '--resume', ok=False)
+        p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--input_dir', faults_data['proc'], '--output_dir', out,
+                           '--resume', ok=False)
         clear_error(p, 'read-only')
         assert 'epoch 2/' not in p.stderr and tree_digest(out) == before
 
@@ -230,11 +252,13 @@ def test_train_cli_read_only_run_folder(faults_data, faults_cli, faults_referenc
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_train_cli_new_run_folder_on_read_only_fs(faults_data, faults_cli, tmp_path, fault):
-    fault.describe('Disk', 'sparse3d_train with a new --output_dir on a read-only file system', 'one-line error, no traceback')
+    fault.describe('Disk', 'sparse3d_train with a new --output_dir on a read-only file system',
+                   'one-line error, no traceback')
     fault.case()
     with tmpfs(tmp_path/'mnt', 1e6) as fs:
         fs.remount('ro')
-        p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', faults_data['config'], '--input_dir', faults_data['proc'],
+        p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', faults_data['config'],
+                           '--input_dir', faults_data['proc'],
                            '--output_dir', fs.path/'run', ok=False)
         clear_error(p, 'read-only')
 
@@ -247,16 +271,18 @@ def du(root):
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize('where', [pytest.param('sequences', marks=pytest.mark.slow), 'packing'])
 def test_preprocess_cli_disk_full_then_rerun(faults_data, faults_cli, tmp_path, fault, where):
-    fault.describe('Disk', f'sparse3d_preprocess on a real tmpfs that fills up while writing {where}, then more space and a re-run',
-                   'one-line error naming the file, no traceback, no crash (packed arrays are memory-mapped: a full disk must not '
-                   'be a SIGBUS); the re-run output is byte-identical to an undisturbed run')
+    fault.describe('Disk', f'sparse3d_preprocess on a real tmpfs that fills up while writing {where}, then more space '
+                   'and a re-run', 'one-line error naming the file, no traceback, no crash (packed arrays are '
+                   'memory-mapped: a full disk must not be a SIGBUS); the re-run output is byte-identical to an '
+                   'undisturbed run')
     fault.case()
     ref = faults_data['proc']/'chair'
     per_seq = du(ref) - du(ref/'packed')
     size = 64 * 1024 if where == 'sequences' else per_seq + 64 * 1024 + du(ref/'packed') // 2   # packing cannot fit
     with tmpfs(tmp_path/'mnt', size) as fs:
         out = fs.path/'proc'
-        args = [faults_cli.bin/'sparse3d_preprocess', '--input_dir', faults_data['co3d'], '--output_dir', out, '--image_size', 64, '--workers', 2]
+        args = [faults_cli.bin/'sparse3d_preprocess', '--input_dir', faults_data['co3d'], '--output_dir', out,
+                '--image_size', 64, '--workers', 2]
         p = faults_cli.run(*args, ok=False)
         clear_error(p, 'disk is full', str(out))
         if where == 'packing': assert '6 sequences processed' in p.stdout, p.stdout

@@ -5,10 +5,8 @@ uninterrupted run (CPU runs are reproducible, as the design chapter says)."""
 import json, os, random, signal, subprocess, sys, time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import yaml
 
 from sparse3d.train import load_checkpoint
 
@@ -36,7 +34,8 @@ TIMING_KEYS = ('seconds', 'samples_per_s')
 
 
 def wrapper(tmp, stall=None, epoch=None, sleep=60.0):
-    "A script running sparse3d_train whose checkpoint write of `stall` (e.g. 'latest.pt') at `epoch` stalls half-written; every write when `stall` is None"
+    """A script running sparse3d_train whose checkpoint write of `stall` (e.g. 'latest.pt') at `epoch` stalls
+    half-written; every write when `stall` is None"""
     mark = tmp/'stalls.txt'
     p = tmp/'train_slow_save.py'
     p.write_text(WRAPPER.format(stall=stall, epoch=epoch, mark=str(mark), sleep=sleep))
@@ -70,11 +69,12 @@ def wait_for(path, p, timeout=120):
 def check_run_dir(out):
     "What must hold in a run folder at any moment, even right after a kill -9: returns the epochs of the checkpoints"
     ck = out/'checkpoints'
-    epochs = {p.name: load_checkpoint(p)['epoch'] for p in sorted(ck.glob('*.pt'))} if ck.exists() else {}  # loads or raises
+    # loads or raises
+    epochs = {p.name: load_checkpoint(p)['epoch'] for p in sorted(ck.glob('*.pt'))} if ck.exists() else {}
     for name, e in epochs.items():
         if name.startswith('epoch_'): assert e == int(name[6:-3]), (name, e)
     if (out/'metrics.jsonl').exists():
-        got = [json.loads(l)['epoch'] for l in (out/'metrics.jsonl').read_text().splitlines() if l.strip()]
+        got = [json.loads(line)['epoch'] for line in (out/'metrics.jsonl').read_text().splitlines() if line.strip()]
         last = epochs.get('latest.pt', 0)            # the metrics line of an epoch is appended just after its latest.pt
         assert got == list(range(1, len(got) + 1)) and max(last - 1, 0) <= len(got) <= last, (got, epochs)
     return epochs
@@ -121,7 +121,8 @@ def killed_mid_checkpoint(faults_data, faults_cli, tmp_path_factory):
 
 
 def test_kill_mid_checkpoint_write_every_checkpoint_loads(killed_mid_checkpoint, fault):
-    fault.describe('Interruption', 'kill -9 of sparse3d_train while latest.pt is half-written (torch.save stalled mid-write)',
+    fault.describe('Interruption',
+                   'kill -9 of sparse3d_train while latest.pt is half-written (torch.save stalled mid-write)',
                    'every .pt that exists loads; latest.pt is the previous complete epoch')
     fault.case()
     k = killed_mid_checkpoint['after_kill']
@@ -132,13 +133,14 @@ def test_kill_mid_checkpoint_write_every_checkpoint_loads(killed_mid_checkpoint,
 
 
 def test_kill_mid_checkpoint_resume_equals_uninterrupted(killed_mid_checkpoint, faults_reference_run, fault):
-    fault.describe('Interruption', 'kill -9 mid-checkpoint, then --resume', 'resumes at epoch 2; final weights, optimiser '
+    fault.describe('Interruption', 'kill -9 mid-checkpoint, then --resume',
+                   'resumes at epoch 2; final weights, optimiser '
                    'state and metrics equal an uninterrupted run')
     fault.case()
     out = killed_mid_checkpoint['out']
     assert 'done: 3 epochs' in killed_mid_checkpoint['resume'].stdout
     check_run_dir(out)
-    assert [json.loads(l)['epoch'] for l in (out/'metrics.jsonl').read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(line)['epoch'] for line in (out/'metrics.jsonl').read_text().splitlines()] == [1, 2, 3]
     for name in ('latest.pt', 'epoch_2.pt', 'epoch_3.pt'): assert_same_as_reference(out, faults_reference_run, name)
 
 
@@ -148,13 +150,14 @@ def test_kill_mid_checkpoint_no_temp_files_left_after_resume(killed_mid_checkpoi
     assert temp_files(killed_mid_checkpoint['out']) == []
 
 
-# --- a kill after epoch_N.pt, while best.pt is written, before latest.pt (slow) ------------------------------------------
+# --- a kill after epoch_N.pt, while best.pt is written, before latest.pt (slow) ------------------------------------
 
 @pytest.mark.slow
 def test_kill_between_epoch_checkpoint_and_latest(faults_data, faults_cli, faults_reference_run, tmp_path, fault):
-    fault.describe('Interruption', 'kill -9 after epoch_1.pt is written, while best.pt is half-written, before latest.pt',
-                   'the re-run redoes epoch 1; in the end it has every checkpoint an uninterrupted run has (epoch_N.pt, '
-                   'best.pt), all equal to it, and no temporary file')
+    fault.describe('Interruption',
+                   'kill -9 after epoch_1.pt is written, while best.pt is half-written, before latest.pt',
+                   'the re-run redoes epoch 1; in the end it has every checkpoint an uninterrupted run has '
+                   '(epoch_N.pt, best.pt), all equal to it, and no temporary file')
     fault.case()
     out = tmp_path/'run'
     script, mark = wrapper(tmp_path, 'best.pt', 1)
@@ -179,12 +182,13 @@ EPOCHS = 6
 def reference6(faults_data, faults_cli, tmp_path_factory):
     "An uninterrupted run of the tiny config for 6 epochs"
     out = tmp_path_factory.mktemp('ref6')/'run'
-    faults_cli.run(faults_cli.bin/'sparse3d_train', *train_args(faults_cli, faults_data, out, False), '--n_epochs', EPOCHS)
+    faults_cli.run(faults_cli.bin/'sparse3d_train', *train_args(faults_cli, faults_data, out, False),
+                   '--n_epochs', EPOCHS)
     return out
 
 
 def kill_until_done(faults_data, faults_cli, out, tmp, fault, next_kill, script=None, max_kills=8):
-    "Start (or resume) the run and kill -9 it when `next_kill(process, attempt)` says so, until it finishes on its own (bounded)"
+    "Start (or resume) the run; kill -9 it when `next_kill(process, attempt)` says so, until it finishes (bounded)"
     kills, log_path = [], tmp/'log.txt'
     for attempt in range(max_kills + 1):
         resume = (out/'checkpoints'/'latest.pt').exists()
@@ -208,7 +212,8 @@ def kill_until_done(faults_data, faults_cli, out, tmp, fault, next_kill, script=
 def assert_complete_and_equal(out, ref):
     check_run_dir(out)
     assert_same_as_reference(out, ref)
-    assert [json.loads(l)['epoch'] for l in (out/'metrics.jsonl').read_text().splitlines()] == list(range(1, EPOCHS + 1))
+    epochs = [json.loads(line)['epoch'] for line in (out/'metrics.jsonl').read_text().splitlines()]
+    assert epochs == list(range(1, EPOCHS + 1)), epochs
     for p in (out/'checkpoints').glob('epoch_*.pt'): assert_same_as_reference(out, ref, p.name)
 
 
@@ -219,7 +224,8 @@ def marks(mark): return len(mark.read_text().splitlines()) if mark.exists() else
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize('seed', [0, 1])
 def test_kill_at_random_points_then_resume(faults_data, faults_cli, reference6, tmp_path, fault, seed):
-    fault.describe('Interruption', f'kill -9 of sparse3d_train ({EPOCHS} epochs) at random points (seed {seed}: after 0-3 '
+    fault.describe('Interruption',
+                   f'kill -9 of sparse3d_train ({EPOCHS} epochs) at random points (seed {seed}: after 0-3 '
                    'checkpoint writes, then a random delay), resumed each time',
                    'every checkpoint loads after every kill; the run resumes from the last complete epoch; the final '
                    'weights equal an uninterrupted run')
@@ -243,7 +249,8 @@ def test_kill_at_random_points_then_resume(faults_data, faults_cli, reference6, 
 @pytest.mark.timeout(900)
 def test_kill_at_random_points_during_slow_checkpoint_writes(faults_data, faults_cli, reference6, tmp_path, fault):
     fault.describe('Interruption', 'kill -9 inside a randomly chosen checkpoint write (every torch.save stalls 0.4 s '
-                   'half-written), resumed each time', 'no half-written .pt is ever seen; the final weights equal an uninterrupted run')
+                   'half-written), resumed each time',
+                   'no half-written .pt is ever seen; the final weights equal an uninterrupted run')
     script, mark = wrapper(tmp_path, None, None, sleep=0.4)
     rng = random.Random(7)
     def inside_a_write(p, attempt):
@@ -262,7 +269,8 @@ def test_kill_at_random_points_during_slow_checkpoint_writes(faults_data, faults
 # --- kill -9 of sparse3d_preprocess at random moments (slow) ----------------------------------------------------------
 
 def tree_bytes(root, skip=('preprocess_report.json',)):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob('*')) if p.is_file() and p.name not in skip}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob('*'))
+            if p.is_file() and p.name not in skip}
 
 
 @pytest.mark.slow
@@ -274,7 +282,8 @@ def test_kill_preprocess_at_random_points_then_rerun(faults_cli, tmp_path, fault
     co3d = tmp_path/'co3d'
     faults_cli.run(faults_cli.bin/'sparse3d_synth', '--out', co3d, '--sequences', 24, '--frames', 6, '--image_size', 64,
                    '--seed', 5, '--workers', 2, '--quiet')
-    args = lambda out: [faults_cli.bin/'sparse3d_preprocess', '--input_dir', co3d, '--output_dir', out, '--image_size', 64, '--workers', 2]
+    args = lambda out: [faults_cli.bin/'sparse3d_preprocess', '--input_dir', co3d, '--output_dir', out,
+                        '--image_size', 64, '--workers', 2]
     faults_cli.run(*args(tmp_path/'ref'))
     rng, out, kills = random.Random(11), tmp_path/'out', 0
     done = lambda: len(list((out/'chair').glob('*_processed/sequence_meta.json')))
@@ -284,7 +293,7 @@ def test_kill_preprocess_at_random_points_then_rerun(faults_cli, tmp_path, fault
         if attempt < 8:                                       # a random point in start-up, processing or packing
             n, k, t0 = done(), rng.randint(0, 5), time.monotonic()
             if n >= 24: phase, ready = 'packing', lambda: bool(list(out.glob('chair/packed/.*.tmp-*')))
-            elif k: phase, ready = 'processing', lambda: done() >= n + k
+            elif k: phase, ready = 'processing', lambda n=n, k=k: done() >= n + k
             else: phase, ready = 'start-up', lambda: True
             while not ready() and p.poll() is None and time.monotonic() - t0 < 300: time.sleep(0.005)
             try: p.wait(rng.uniform(0.5, 3.0) if phase == 'start-up' else rng.uniform(0.0, 0.4))

@@ -2,14 +2,13 @@
 training. What must hold: the parallel output is byte-identical to one worker's; worker processes see each epoch's
 views and a resumed run equals an uninterrupted one with them; memory stays flat from epoch to epoch (RSS of the
 training process, and of the loader and its workers, sampled every epoch with psutil)."""
-import hashlib, json, shutil, subprocess, sys, textwrap
+import hashlib, json, shutil, sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from sparse3d.config import load_config
 from sparse3d.data import MultiViewDataset, make_loader
 
 N_SEQ, N_FRAMES, SIZE = 200, 4, 32
@@ -39,12 +38,14 @@ def big(faults_cli, tmp_path_factory):
 @pytest.mark.timeout(1800)
 def test_preprocess_many_sequences_workers_byte_identical(big, fault):
     fault.describe('Load', f'preprocessing {N_SEQ} sequences x {N_FRAMES} frames with 3 worker processes',
-                   'every output file (packed arrays, crops, voxels, poses, metadata, splits) byte-identical to 1 worker')
+                   'every output file (packed arrays, crops, voxels, poses, metadata, splits) byte-identical to '
+                   '1 worker')
     fault.case(N_SEQ)
     a, b = tree_digest(big['proc'][1]), tree_digest(big['proc'][3])
     assert len(a) > N_SEQ * N_FRAMES * 4 and a == b, sorted(set(a.items()) ^ set(b.items()))[:5]
     idx = json.loads((big['proc'][1]/'chair'/'packed'/'train'/'index.json').read_text())
-    assert np.load(big['proc'][1]/'chair'/'packed'/'train'/'images.npy', mmap_mode='r').shape == (idx['n_frames'], SIZE, SIZE, 3)
+    images = np.load(big['proc'][1]/'chair'/'packed'/'train'/'images.npy', mmap_mode='r')
+    assert images.shape == (idx['n_frames'], SIZE, SIZE, 3), images.shape
 
 
 def test_worker_processes_see_each_epochs_views(faults_data, fault):
@@ -66,16 +67,19 @@ def test_worker_processes_see_each_epochs_views(faults_data, fault):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_resume_with_worker_processes_equals_uninterrupted(faults_data, faults_cli, tmp_path, fault):
-    fault.describe('Load', 'sparse3d_train with 2 data-loading workers: 1 epoch, then --resume to 3, against 3 in one go',
+    fault.describe('Load', 'sparse3d_train with 2 data-loading workers: 1 epoch, then --resume to 3, against 3 in '
+                   'one go',
                    'identical weights (the workers and the shuffling are a function of seed and epoch)')
     fault.case()
     cfg = tmp_path/'cfg.yaml'
     cfg.write_text(faults_data['config'].read_text().replace('workers: 0', 'workers: 2'))
-    train = lambda out, *a: faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', cfg, '--input_dir', faults_data['proc'],
+    train = lambda out, *a: faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', cfg,
+                                           '--input_dir', faults_data['proc'],
                                            '--output_dir', out, *a)
     train(tmp_path/'a')
     shutil.copytree(tmp_path/'a', tmp_path/'b')
-    (tmp_path/'b'/'checkpoints'/'epoch_1.pt').replace(tmp_path/'b'/'checkpoints'/'latest.pt')   # as if stopped after epoch 1
+    # as if stopped after epoch 1
+    (tmp_path/'b'/'checkpoints'/'epoch_1.pt').replace(tmp_path/'b'/'checkpoints'/'latest.pt')
     train(tmp_path/'b', '--resume')
     from sparse3d.train import load_checkpoint
     a, b = (load_checkpoint(tmp_path/r/'checkpoints'/'latest.pt')['model'] for r in 'ab')
@@ -131,11 +135,13 @@ def flat(rss, warmup, tol_mb):
 @pytest.mark.timeout(1800)
 def test_training_memory_flat_across_epochs(faults_data, faults_cli, tmp_path, fault):
     epochs = 20
-    fault.describe('Load', f'training (the tiny config: 2 steps, validation and a checkpoint per epoch) for {epochs} epochs, '
+    fault.describe('Load', 'training (the tiny config: 2 steps, validation and a checkpoint per epoch) for '
+                   f'{epochs} epochs, '
                    'RSS of the process sampled after every epoch', 'no growth after the third epoch beyond 40 MB')
     fault.case(epochs)
     script = tmp_path/'rss_train.py'
-    script.write_text(RSS_TRAIN.format(config=str(faults_data['config']), epochs=epochs, proc_dir=str(faults_data['proc']),
+    script.write_text(RSS_TRAIN.format(config=str(faults_data['config']), epochs=epochs,
+                                       proc_dir=str(faults_data['proc']),
                                        out=str(tmp_path/'run')))
     rss = json.loads(faults_cli.run(sys.executable, script, timeout=1500).stdout.strip().splitlines()[-1])
     growth, ok, mb = flat(rss[:-1], 3, 40)             # the last epoch also draws the sample figure (matplotlib)
@@ -147,7 +153,8 @@ def test_training_memory_flat_across_epochs(faults_data, faults_cli, tmp_path, f
 @pytest.mark.timeout(1800)
 def test_loader_memory_flat_across_epochs(big, faults_cli, tmp_path, fault):
     epochs = 15
-    fault.describe('Load', f'the training loader alone (2 worker processes, 4 views) for {epochs} epochs, RSS of it and its workers',
+    fault.describe('Load', f'the training loader alone (2 worker processes, 4 views) for {epochs} epochs, RSS of it '
+                   'and its workers',
                    'no growth after the third epoch beyond 40 MB')
     fault.case(epochs)
     script = tmp_path/'rss_loader.py'

@@ -2,21 +2,21 @@
 a corrupt packed split is refused up front, naming the sequence; a non-finite step is skipped with a warning and the
 run goes on with finite weights; repeated failures stop the run cleanly (a `Sparse3DError`, no traceback from the
 CLI) with the last good checkpoint kept, loadable and finite."""
-import json, shutil, subprocess, sys, warnings
-from pathlib import Path
+import json, shutil, sys, warnings
 
 import numpy as np
 import pytest
 import torch
 
-import sparse3d.data as data_mod
 import sparse3d.train as train_mod
 from sparse3d.config import DataError, Sparse3DError, load_config
 from sparse3d.data import MultiViewDataset
 from sparse3d.train import fit, load_checkpoint
 
 
-def finite_state(sd): return [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+def finite_state(sd):
+    "The names of the float tensors of state dict `sd` that hold NaN or inf: [] when every one is finite"
+    return [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 def run_fit(cfg, proc, out, **kw):
@@ -28,7 +28,7 @@ def run_fit(cfg, proc, out, **kw):
     return res, [str(x.message) for x in w if 'non-finite' in str(x.message)]
 
 
-# --- NaN / inf in the packed data --------------------------------------------------------------------------------------
+# --- NaN / inf in the packed data --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('what', ['R nan', 't inf', 'K -inf'])
 def test_non_finite_cameras_in_packed_split_refused(faults_data, tmp_path, fault, what):
@@ -101,12 +101,14 @@ def poison_loss(monkeypatch, kind, steps):
         if seen['n'] - 1 in steps:
             if kind == 'nan loss': terms['total'] = terms['total'] * float('nan')
             elif kind == 'inf loss': terms['total'] = terms['total'] + float('inf')
-            else: terms['total'] = terms['total'] + 0 * torch.sqrt((out.mu - out.mu.detach()).abs()).sum()   # value unchanged, gradient NaN
+            # value unchanged, gradient NaN
+            else: terms['total'] = terms['total'] + 0 * torch.sqrt((out.mu - out.mu.detach()).abs()).sum()
         return terms
     monkeypatch.setattr(train_mod, 'vae_gan_loss', loss)
 
 
-@pytest.mark.parametrize('kind', ['nan loss', pytest.param('inf loss', marks=pytest.mark.slow), pytest.param('nan gradient', marks=pytest.mark.slow)])
+@pytest.mark.parametrize('kind', ['nan loss', pytest.param('inf loss', marks=pytest.mark.slow),
+                                  pytest.param('nan gradient', marks=pytest.mark.slow)])
 def test_non_finite_step_skipped_run_continues(faults_data, tmp_path, monkeypatch, fault, kind):
     fault.describe('Numerics', f'{kind} at one step of epoch 2', 'that step skipped with a warning naming the epoch; '
                    'the run finishes with finite weights; the other steps count')
@@ -116,7 +118,8 @@ def test_non_finite_step_skipped_run_continues(faults_data, tmp_path, monkeypatc
     assert not isinstance(state, Exception), state
     assert len(warned) == 1 and 'epoch 2' in warned[0], warned
     assert [h['skipped_steps'] for h in state.history] == [0, 1] and state.step == 3
-    assert finite_state(state.model.state_dict()) == [] and finite_state(load_checkpoint(tmp_path/'checkpoints'/'latest.pt')['model']) == []
+    assert finite_state(state.model.state_dict()) == []
+    assert finite_state(load_checkpoint(tmp_path/'checkpoints'/'latest.pt')['model']) == []
 
 
 def test_repeated_nan_stops_cleanly_keeps_last_good_checkpoint(faults_data, tmp_path, monkeypatch, fault):
@@ -157,4 +160,5 @@ def test_cli_diverging_run_stops_with_one_line(faults_data, faults_cli, tmp_path
     script.write_text(DIVERGING_TRAIN)
     p = faults_cli.run(sys.executable, script, '--config', faults_data['config'], '--input_dir', faults_data['proc'],
                        '--output_dir', tmp_path/'run', '--n_epochs', 5, ok=False)
-    assert p.returncode == 1 and 'error: training diverged' in p.stderr and 'Traceback' not in p.stderr, p.stderr[-2000:]
+    assert p.returncode == 1 and 'sparse3d_train: error: training diverged' in p.stderr, p.stderr[-2000:]
+    assert 'Traceback' not in p.stderr, p.stderr[-2000:]

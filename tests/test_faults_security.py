@@ -11,12 +11,11 @@ output folder, or reach the network.
 import gzip, json, os, pickle, shutil, socket, subprocess, sys, textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from sparse3d.co3d import Co3dCategory
-from sparse3d.config import CheckpointError, ConfigError, DataError, Sparse3DError, load_config
+from sparse3d.config import CheckpointError, ConfigError, DataError, load_config
 from sparse3d.train import load_checkpoint
 
 
@@ -34,9 +33,12 @@ def evil_checkpoints(d, marker):
     d.mkdir(parents=True, exist_ok=True)
     out = {}
     torch.save({**ok, 'history': [RunsCode(open, str(marker), 'w')]}, out.setdefault('zip_open', d/'zip_open.pt'))
-    torch.save({**ok, 'model': RunsCode(os.system, f'touch {marker}')}, out.setdefault('zip_os_system', d/'zip_os_system.pt'))
-    torch.save({**ok, 'extra': RunsCode(subprocess.call, ['touch', str(marker)])}, out.setdefault('zip_subprocess', d/'zip_subprocess.pt'))
-    with open(out.setdefault('legacy_pickle', d/'legacy_pickle.pt'), 'wb') as f: pickle.dump({**ok, 'x': RunsCode(open, str(marker), 'w')}, f)
+    torch.save({**ok, 'model': RunsCode(os.system, f'touch {marker}')},
+               out.setdefault('zip_os_system', d/'zip_os_system.pt'))
+    torch.save({**ok, 'extra': RunsCode(subprocess.call, ['touch', str(marker)])},
+               out.setdefault('zip_subprocess', d/'zip_subprocess.pt'))
+    with open(out.setdefault('legacy_pickle', d/'legacy_pickle.pt'), 'wb') as f:
+        pickle.dump({**ok, 'x': RunsCode(open, str(marker), 'w')}, f)
     (out.setdefault('renamed_zip', d/'renamed_zip.pt')).write_bytes(out['zip_os_system'].read_bytes())
     return out
 
@@ -54,7 +56,8 @@ def test_malicious_checkpoints_refused_and_code_not_run(tmp_path, fault):
 
 
 def test_every_checkpoint_load_is_weights_only(faults_data, faults_reference_run, tmp_path, monkeypatch, fault):
-    fault.describe('Security', 'every torch.load of a resume (fit) and of a checkpoint read', 'called with weights_only=True')
+    fault.describe('Security', 'every torch.load of a resume (fit) and of a checkpoint read',
+                   'called with weights_only=True')
     from sparse3d.train import fit
     calls, real = [], torch.load
     def spy(*a, **k):
@@ -84,7 +87,8 @@ def test_train_cli_refuses_malicious_checkpoint(faults_data, faults_cli, tmp_pat
     out = tmp_path/'run'
     (out/'checkpoints').mkdir(parents=True)
     shutil.copy(evil['zip_os_system'], out/'checkpoints'/'latest.pt')
-    p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', faults_data['config'], '--input_dir', faults_data['proc'],
+    p = faults_cli.run(faults_cli.bin/'sparse3d_train', '--config', faults_data['config'],
+                       '--input_dir', faults_data['proc'],
                        '--output_dir', out, '--resume', ok=False)
     assert p.returncode != 0 and 'refused' in p.stderr and 'Traceback' not in p.stderr, p.stderr[-2000:]
     assert not marker.exists()
@@ -98,7 +102,8 @@ def test_test_cli_refuses_malicious_checkpoint(faults_data, faults_cli, tmp_path
     fault.case()
     marker = tmp_path/'PWNED'
     evil = evil_checkpoints(tmp_path/'ck', marker)
-    q = faults_cli.run(faults_cli.bin/'sparse3d_test', '--model_path', evil['zip_subprocess'], '--test_dir', faults_data['proc'],
+    q = faults_cli.run(faults_cli.bin/'sparse3d_test', '--model_path', evil['zip_subprocess'],
+                       '--test_dir', faults_data['proc'],
                        '--output_dir', tmp_path/'eval', '--device', 'cpu', ok=False)
     assert q.returncode != 0 and 'refused' in q.stderr and 'Traceback' not in q.stderr, q.stderr[-2000:]
     assert not marker.exists()
@@ -137,8 +142,10 @@ def test_cli_yaml_python_tag_refused(faults_data, faults_cli, tmp_path, fault):
     marker = tmp_path/'PWNED'
     cfg = tmp_path/'evil.yaml'
     cfg.write_text(yaml_payloads(marker)['python/object/apply'])
-    for args in ([faults_cli.bin/'sparse3d_train', '--config', cfg, '--input_dir', faults_data['proc'], '--output_dir', tmp_path/'run'],
-                 [faults_cli.bin/'sparse3d_preprocess', '--config', cfg, '--input_dir', faults_data['co3d'], '--output_dir', tmp_path/'proc']):
+    for args in ([faults_cli.bin/'sparse3d_train', '--config', cfg, '--input_dir', faults_data['proc'],
+                  '--output_dir', tmp_path/'run'],
+                 [faults_cli.bin/'sparse3d_preprocess', '--config', cfg, '--input_dir', faults_data['co3d'],
+                  '--output_dir', tmp_path/'proc']):
         fault.case()
         p = faults_cli.run(*args, ok=False)
         assert p.returncode != 0 and 'not valid YAML' in p.stderr and 'Traceback' not in p.stderr, p.stderr[-2000:]
@@ -147,10 +154,12 @@ def test_cli_yaml_python_tag_refused(faults_data, faults_cli, tmp_path, fault):
 
 @pytest.mark.timeout(60)
 def test_yaml_bombs_and_nesting(tmp_path, fault):
-    fault.describe('Security', 'YAML alias bomb (9^9 strings) in a known key, 20000-deep nesting, a date that does not exist',
+    fault.describe('Security', 'YAML alias bomb (9^9 strings) in a known key, 20000-deep nesting, a date that does not '
+                   'exist',
                    'ConfigError naming the file at once, with a short message')
     import time
-    levels = ['n_epochs:', ' - &a0 [x, x, x, x, x, x, x, x, x]'] + [f" - &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    levels = ['n_epochs:', ' - &a0 [x, x, x, x, x, x, x, x, x]']
+    levels += [f" - &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
     cases = {'alias bomb': '\n'.join(levels) + '\n', 'deep nesting': 'obj: ' + '[' * 20000 + ']' * 20000 + '\n',
              'bad date': 'seed: 2001-02-30\n'}
     for name, text in cases.items():
@@ -159,7 +168,8 @@ def test_yaml_bombs_and_nesting(tmp_path, fault):
         p.write_text(text)
         t0 = time.perf_counter()
         with pytest.raises(ConfigError) as e: load_config(p)
-        assert time.perf_counter() - t0 < 5 and len(str(e.value)) < 2000 and str(p) in str(e.value), (name, str(e.value)[:300])
+        msg = str(e.value)
+        assert time.perf_counter() - t0 < 5 and len(msg) < 2000 and str(p) in msg, (name, msg[:300])
 
 
 # --- the dataset root: nothing outside is read, nothing outside the output folder is written ----------------------
@@ -170,7 +180,8 @@ class OpenLog:
 
     def __enter__(self):
         if not OpenLog.hooked:
-            sys.addaudithook(lambda ev, args: OpenLog.active.append(args[0]) if ev == 'open' and OpenLog.active is not None
+            sys.addaudithook(lambda ev, args: OpenLog.active.append(args[0])
+                             if ev == 'open' and OpenLog.active is not None
                              and isinstance(args[0], (str, bytes, os.PathLike)) else None)
             OpenLog.hooked = True
         OpenLog.active = self.paths = []
@@ -219,19 +230,21 @@ def hostile_root(faults_data, tmp_path):
 
 
 def test_preprocess_refuses_paths_outside_root(hostile_root, tmp_path, fault):
-    fault.describe('Security', "annotation paths that leave the dataset root: '../', absolute, a symlinked point cloud, "
-                   "'..' inside a mask path, a symlinked image folder", 'each sequence reported with the path named; '
-                   'no file outside the root is opened; the clean sequence is processed')
+    fault.describe('Security', "annotation paths that leave the dataset root: '../', absolute, a symlinked point "
+                   "cloud, '..' inside a mask path, a symlinked image folder", 'each sequence reported with the path '
+                   'named; no file outside the root is opened; the clean sequence is processed')
     from sparse3d.preprocess import PreprocessSettings, preprocess_category
     root, outside, s = hostile_root
     with OpenLog() as log:
-        rep = preprocess_category(root, tmp_path/'proc', 'chair', PreprocessSettings(image_size=32), workers=1, progress=False)
+        rep = preprocess_category(root, tmp_path/'proc', 'chair', PreprocessSettings(image_size=32), workers=1,
+                                  progress=False)
     fault.case(5)
     assert log.paths and log.under(outside) == [], log.under(outside)
     assert list(rep['done']) == [s['clean']], rep
     for kind in ('dotdot', 'absolute', 'ply_symlink', 'mask_dotdot', 'dir_symlink'):
         err = rep['failed'][s[kind]]['error']
-        assert ('leads outside the dataset root' in err or 'is absolute' in err) and 'Refusing to follow it' in err, (kind, err)
+        assert 'leads outside the dataset root' in err or 'is absolute' in err, (kind, err)
+        assert 'Refusing to follow it' in err, (kind, err)
 
 
 def test_sequence_name_cannot_write_outside_output(faults_data, tmp_path, fault):
@@ -251,7 +264,8 @@ def test_sequence_name_cannot_write_outside_output(faults_data, tmp_path, fault)
 
 
 def test_subset_names_cannot_leave_root(faults_data, tmp_path, fault):
-    fault.describe('Security', "subset names that are paths ('../../../outside/evil') in category_to_subset_name_list.json",
+    fault.describe('Security', "subset names that are paths ('../../../outside/evil') in "
+                   "category_to_subset_name_list.json",
                    'DataError naming the file; no file outside the root is opened')
     from sparse3d.preprocess import split_and_pack
     root, out = tmp_path/'co3d', tmp_path/'proc'
@@ -324,12 +338,14 @@ def evaluate_in_process(ckpt, proc, out):
 
 
 def test_pipeline_in_process_without_network(faults_data, tmp_path, no_network, fault):
-    fault.describe('Security', 'preprocess -> train -> evaluate in one process with every non-loopback connect and DNS lookup refused',
+    fault.describe('Security', 'preprocess -> train -> evaluate in one process with every non-loopback connect and DNS '
+                   'lookup refused',
                    'works; no connection was even attempted')
     from sparse3d.preprocess import PreprocessSettings, preprocess_category, split_and_pack
     from sparse3d.train import fit
     proc = tmp_path/'proc'
-    rep = preprocess_category(faults_data['co3d'], proc, 'chair', PreprocessSettings(image_size=64), workers=1, progress=False)
+    rep = preprocess_category(faults_data['co3d'], proc, 'chair', PreprocessSettings(image_size=64), workers=1,
+                              progress=False)
     assert len(rep['done']) == 6
     split_and_pack(proc, 'chair', faults_data['co3d'], progress=False)
     fit(load_config(faults_data['config'], n_epochs=1), proc, tmp_path/'run', progress=False)
@@ -349,7 +365,8 @@ def _blocked(what):
 def _guard(name):
     real = getattr(socket.socket, name)
     def wrapped(self, addr, *a, **k):
-        if self.family != socket.AF_UNIX and isinstance(addr, tuple) and addr[0] not in _OK and not str(addr[0]).startswith('127.'):
+        loopback = isinstance(addr, tuple) and (addr[0] in _OK or str(addr[0]).startswith('127.'))
+        if self.family != socket.AF_UNIX and isinstance(addr, tuple) and not loopback:
             raise _blocked(f'{{name}} {{addr!r}}')
         return real(self, addr, *a, **k)
     setattr(socket.socket, name, wrapped)
@@ -365,25 +382,32 @@ socket.getaddrinfo = _getaddrinfo
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_cli_pipeline_without_network(faults_cli, tmp_path, fault):
-    fault.describe('Security', 'sparse3d_synth -> sparse3d_preprocess -> sparse3d_train -> sparse3d_test, 2 worker processes each, '
+    fault.describe('Security', 'sparse3d_synth -> sparse3d_preprocess -> sparse3d_train -> sparse3d_test, 2 worker '
+                   'processes each, '
                    'every process under a sitecustomize that refuses non-loopback connections and DNS',
                    'the whole pipeline works; no process attempted a connection')
     site, log = tmp_path/'site', tmp_path/'network_attempts.log'
     site.mkdir()
     (site/'sitecustomize.py').write_text(SITECUSTOMIZE.format(log=str(log)))
-    env = {**faults_cli.env, 'PYTHONPATH': os.pathsep.join([str(site), os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep)}
+    env = {**faults_cli.env,
+           'PYTHONPATH': os.pathsep.join([str(site), os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep)}
     run = lambda *a: faults_cli.run(*a, env=env)
-    probe = faults_cli.run(sys.executable, '-c', 'import socket; socket.create_connection(("192.0.2.1", 53), timeout=1)', ok=False, env=env)
+    probe = faults_cli.run(sys.executable, '-c',
+                           'import socket; socket.create_connection(("192.0.2.1", 53), timeout=1)', ok=False, env=env)
     assert probe.returncode != 0 and 'network access blocked' in probe.stderr and log.exists()   # the block is live
     log.unlink()
-    run(faults_cli.bin/'sparse3d_synth', '--out', tmp_path/'co3d', '--sequences', 6, '--frames', 4, '--image_size', 64, '--seed', 4, '--workers', 2, '--quiet')
-    run(faults_cli.bin/'sparse3d_preprocess', '--input_dir', tmp_path/'co3d', '--output_dir', tmp_path/'proc', '--image_size', 64, '--workers', 2)
+    run(faults_cli.bin/'sparse3d_synth', '--out', tmp_path/'co3d', '--sequences', 6, '--frames', 4, '--image_size', 64,
+        '--seed', 4, '--workers', 2, '--quiet')
+    run(faults_cli.bin/'sparse3d_preprocess', '--input_dir', tmp_path/'co3d', '--output_dir', tmp_path/'proc',
+        '--image_size', 64, '--workers', 2)
     cfg = tmp_path/'cfg.yaml'
     cfg.write_text('image_size: 64\nbatch_size: 2\nnum_views: 2\nz_size: 16\nn_epochs: 1\nworkers: 2\ndevice: cpu\n')
-    run(faults_cli.bin/'sparse3d_train', '--config', cfg, '--input_dir', tmp_path/'proc', '--output_dir', tmp_path/'run')
+    run(faults_cli.bin/'sparse3d_train', '--config', cfg, '--input_dir', tmp_path/'proc',
+        '--output_dir', tmp_path/'run')
     ckpt = tmp_path/'run'/'checkpoints'/'latest.pt'
     if has_test_cli():
-        run(faults_cli.bin/'sparse3d_test', '--model_path', ckpt, '--test_dir', tmp_path/'proc', '--output_dir', tmp_path/'eval', '--device', 'cpu')
+        run(faults_cli.bin/'sparse3d_test', '--model_path', ckpt, '--test_dir', tmp_path/'proc',
+            '--output_dir', tmp_path/'eval', '--device', 'cpu')
     else:
         run(sys.executable, '-c', textwrap.dedent(f'''
             import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})

@@ -34,7 +34,7 @@ def chair_grid(D=32):
 
 @pytest.fixture
 def snapshot(tmp_path):
-    "Snapshot of a prediction against the chair: true positives, an invented armrest, a missed leg; no k3d menu or axes helper"
+    "Snapshot of a prediction against the chair: true positives, an invented armrest, a missed leg; no menu or axes"
     from sparse3d.viz import voxel_plot, save_snapshot
     gt = chair_grid()
     pred = gt.astype(np.float32)
@@ -75,7 +75,8 @@ def test_snapshot_is_self_contained(snapshot):
 
 @pytest.mark.browser
 def test_snapshot_draws_voxels_playwright(snapshot, tmp_path):
-    sync_api = pytest.importorskip('playwright.sync_api', reason='Playwright is not installed (PyPI `playwright`; the browser is '
+    sync_api = pytest.importorskip('playwright.sync_api',
+                                   reason='Playwright is not installed (PyPI `playwright`; the browser is '
                                    'Debian\'s /usr/bin/chromium, so no `playwright install` is needed)')
     if not CHROMIUM.exists(): pytest.skip(f'no Chromium at {CHROMIUM} (apt-get install chromium)')
     requests, errors = [], []
@@ -84,7 +85,8 @@ def test_snapshot_draws_voxels_playwright(snapshot, tmp_path):
         route.abort()
     shot, shares = tmp_path/'chair_playwright.png', None
     with sync_api.sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp_path/'profile'), executable_path=str(CHROMIUM), headless=True,
+        ctx = p.chromium.launch_persistent_context(str(tmp_path/'profile'), executable_path=str(CHROMIUM),
+                                                   headless=True,
                                                    args=ARGS, viewport=dict(width=WIDTH, height=HEIGHT))
         try:
             page = ctx.new_page()
@@ -96,7 +98,8 @@ def test_snapshot_draws_voxels_playwright(snapshot, tmp_path):
             page.evaluate('() => Promise.resolve(window.K3DInstance).then(() => new Promise('
                           'r => requestAnimationFrame(() => requestAnimationFrame(r))))')
             page.wait_for_selector('#canvasTarget canvas', state='attached')
-            for _ in range(40):                                           # SwiftShader may take a moment: poll the pixels
+            # SwiftShader may take a moment: poll the pixels
+            for _ in range(40):
                 page.screenshot(path=str(shot))
                 shares = pixel_shares(shot)
                 if shares['drawn'] > 0.03: break

@@ -4,7 +4,6 @@ import json, sys
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import CLI_BIN as BIN, run_cli as run
 
@@ -13,8 +12,10 @@ from conftest import CLI_BIN as BIN, run_cli as run
 def processed(tmp_path_factory):
     "A synthetic root of 8 chairs and its processed, split and packed form"
     d = tmp_path_factory.mktemp('pipe')
-    run(BIN/'sparse3d_synth', '--out', d/'co3d', '--sequences', 8, '--frames', 6, '--image_size', 64, '--seed', 3, '--workers', 2)
-    p = run(BIN/'sparse3d_preprocess', '--input_dir', d/'co3d', '--output_dir', d/'proc', '--image_size', 64, '--workers', 2)
+    run(BIN/'sparse3d_synth', '--out', d/'co3d', '--sequences', 8, '--frames', 6, '--image_size', 64, '--seed', 3,
+        '--workers', 2)
+    p = run(BIN/'sparse3d_preprocess', '--input_dir', d/'co3d', '--output_dir', d/'proc', '--image_size', 64,
+            '--workers', 2)
     assert '8 sequences processed' in p.stdout and '0 failed' in p.stdout, p.stdout
     return d
 
@@ -27,13 +28,15 @@ def test_preprocess_layout_and_resume(processed):
     meta = json.loads((chair/f'{seq}_processed'/'sequence_meta.json').read_text())
     assert len(meta['frames']) == 6 and (chair/f'{seq}_dataset_instance'/'seq.binvox').exists()
     assert np.load(chair/'packed'/'train'/'images.npy', mmap_mode='r').shape[1:] == (64, 64, 3)
-    again = run(BIN/'sparse3d_preprocess', '--input_dir', processed/'co3d', '--output_dir', processed/'proc', '--image_size', 64)
+    again = run(BIN/'sparse3d_preprocess', '--input_dir', processed/'co3d', '--output_dir', processed/'proc',
+                '--image_size', 64)
     assert '0 sequences processed, 8 already done' in again.stdout
 
 
 def test_one_worker_equals_two(processed, tmp_path):
     "Parallel preprocessing gives the same packed arrays as a single worker"
-    run(BIN/'sparse3d_preprocess', '--input_dir', processed/'co3d', '--output_dir', tmp_path, '--image_size', 64, '--workers', 1)
+    run(BIN/'sparse3d_preprocess', '--input_dir', processed/'co3d', '--output_dir', tmp_path, '--image_size', 64,
+        '--workers', 1)
     for name in ('images', 'masks', 'K', 'R', 't', 'voxels'):
         for split in ('train', 'val', 'test'):
             a = np.load(processed/'proc'/'chair'/'packed'/split/f'{name}.npy')
@@ -42,9 +45,11 @@ def test_one_worker_equals_two(processed, tmp_path):
 
 
 def test_bad_values_fail_before_work(processed, tmp_path):
-    p = run(BIN/'sparse3d_train', '--input_dir', processed/'proc', '--output_dir', tmp_path/'r', '--batch_size', 0, ok=False)
+    p = run(BIN/'sparse3d_train', '--input_dir', processed/'proc', '--output_dir', tmp_path/'r', '--batch_size', 0,
+            ok=False)
     assert p.returncode != 0 and "'batch_size' = 0 is out of range; allowed: >= 1" in p.stderr
-    p = run(BIN/'sparse3d_train', '--input_dir', processed/'proc', '--output_dir', tmp_path/'r', '--combine_type', 'sum', ok=False)
+    p = run(BIN/'sparse3d_train', '--input_dir', processed/'proc', '--output_dir', tmp_path/'r',
+            '--combine_type', 'sum', ok=False)
     assert "'mean' or 'max'" in p.stderr
     p = run(BIN/'sparse3d_train', '--input_dir', processed/'co3d', '--output_dir', tmp_path/'r', ok=False)
     assert 'no packed train split here' in p.stderr and 'sparse3d_preprocess' in p.stderr
@@ -56,30 +61,35 @@ def test_bad_values_fail_before_work(processed, tmp_path):
 @pytest.fixture(scope='module')
 def small_cfg(processed):
     p = processed/'small.yaml'
-    p.write_text('image_size: 64\nbatch_size: 2\nnum_views: 2\nz_size: 16\nn_epochs: 2\nsave_freq: 1\nvis_freq: 2\nworkers: 0\n')
+    p.write_text('image_size: 64\nbatch_size: 2\nnum_views: 2\nz_size: 16\nn_epochs: 2\nsave_freq: 1\nvis_freq: 2\n'
+                 'workers: 0\n')
     return p
 
 
 def test_train_resume_cli(processed, small_cfg, tmp_path):
-    run(BIN/'sparse3d_train', '--config', small_cfg, '--input_dir', processed/'proc', '--output_dir', tmp_path, '--n_epochs', 1, '--device', 'cpu')
+    run(BIN/'sparse3d_train', '--config', small_cfg, '--input_dir', processed/'proc', '--output_dir', tmp_path,
+        '--n_epochs', 1, '--device', 'cpu')
     assert json.loads((tmp_path/'metrics.jsonl').read_text().splitlines()[-1])['epoch'] == 1
     p = run(BIN/'sparse3d_train', '--input_dir', processed/'proc', '--output_dir', tmp_path, '--n_epochs', 2, ok=False)
     assert 'already holds a run' in p.stderr
-    p = run(BIN/'sparse3d_train', '--input_dir', processed/'proc', '--output_dir', tmp_path, '--resume', '--n_epochs', 2)
+    p = run(BIN/'sparse3d_train', '--input_dir', processed/'proc', '--output_dir', tmp_path, '--resume',
+            '--n_epochs', 2)
     assert 'done: 2 epochs' in p.stdout
-    assert [json.loads(l)['epoch'] for l in (tmp_path/'metrics.jsonl').read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)['epoch'] for line in (tmp_path/'metrics.jsonl').read_text().splitlines()] == [1, 2]
     assert (tmp_path/'checkpoints'/'epoch_1.pt').exists() and (tmp_path/'samples'/'epoch_2.png').exists()
 
 
 def test_ddp_two_gloo_processes(processed, small_cfg, tmp_path):
     "torchrun with 2 CPU processes: the ranks end identical and the checkpoint loads in a single process"
     p = run(sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m', 'sparse3d.train',
-            '--config', small_cfg, '--input_dir', processed/'proc', '--output_dir', tmp_path, '--n_epochs', 1, '--device', 'cpu')
+            '--config', small_cfg, '--input_dir', processed/'proc', '--output_dir', tmp_path, '--n_epochs', 1,
+            '--device', 'cpu')
     assert '2 processes: replicas identical: True' in p.stdout, p.stdout + p.stderr
     from sparse3d.train import load_checkpoint, load_model_weights, checkpoint_config
     from sparse3d.model import VAEGAN
     ck = load_checkpoint(tmp_path/'checkpoints'/'latest.pt')
     assert ck['world_size'] == 2 and ck['epoch'] == 1
     load_model_weights(VAEGAN(checkpoint_config(ck)), ck)
-    q = run(BIN/'sparse3d_train', '--input_dir', processed/'proc', '--output_dir', tmp_path, '--resume', '--n_epochs', 2, '--device', 'cpu')
+    q = run(BIN/'sparse3d_train', '--input_dir', processed/'proc', '--output_dir', tmp_path, '--resume',
+            '--n_epochs', 2, '--device', 'cpu')
     assert 'done: 2 epochs' in q.stdout

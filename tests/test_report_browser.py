@@ -31,15 +31,18 @@ def reports(tmp_path_factory):
     from sparse3d.testing import write_photo_folder
     d = tmp_path_factory.mktemp('report')
     render_dataset(d/'co3d', n_sequences=6, n_frames=4, image_size=64, seed=2, workers=1, progress=False)
-    preprocess_category(d/'co3d', d/'proc', 'chair', PreprocessSettings(image_size=64, cube_len=32), workers=1, progress=False)
+    preprocess_category(d/'co3d', d/'proc', 'chair', PreprocessSettings(image_size=64, cube_len=32), workers=1,
+                        progress=False)
     split_and_pack(d/'proc', 'chair', None, seed=0, val_frac=0.2, test_frac=0.3, progress=False)
     torch.set_num_threads(2)
-    fit(load_config(None, image_size=64, batch_size=4, num_views=2, z_size=16, n_epochs=1, workers=0, device='cpu'), d/'proc', d/'run',
+    fit(load_config(None, image_size=64, batch_size=4, num_views=2, z_size=16, n_epochs=1, workers=0, device='cpu'),
+        d/'proc', d/'run',
         progress=False)
     write_photo_folder(d/'photos', n_views=4, image_size=(150, 200), seed=4)
     ck = d/'run'/'checkpoints'/'best.pt'
     for test_dir, out, extra in ((d/'proc', d/'eval', ['--views', '1,2,4']), (d/'photos', d/'eval_photos', [])):
-        p = subprocess.run([str(BIN/'sparse3d_test'), '--model_path', str(ck), '--test_dir', str(test_dir), '--output_dir', str(out),
+        p = subprocess.run([str(BIN/'sparse3d_test'), '--model_path', str(ck), '--test_dir', str(test_dir),
+                            '--output_dir', str(out),
                             '--device', 'cpu', *extra], capture_output=True, text=True, env=ENV, timeout=600)
         assert p.returncode == 0, p.stderr
     return dict(processed=d/'eval'/'report.html', photos=d/'eval_photos'/'report.html')
@@ -64,7 +67,8 @@ def test_report_in_chromium(reports, kind, tmp_path):
         route.abort()
     shot, frame_shot, share, phone = tmp_path/'report.png', tmp_path/'frame.png', 0.0, [0, 0]
     with sync_api.sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp_path/'profile'), executable_path=str(CHROMIUM), headless=True,
+        ctx = p.chromium.launch_persistent_context(str(tmp_path/'profile'), executable_path=str(CHROMIUM),
+                                                   headless=True,
                                                    args=ARGS, viewport=dict(width=1200, height=900))
         try:
             page = ctx.new_page()
@@ -78,7 +82,8 @@ def test_report_in_chromium(reports, kind, tmp_path):
             table = page.locator('table.results' if kind == 'processed' else 'table').first
             assert table.is_visible()
             if kind == 'processed':
-                assert heads[:4] == ['Results', 'IoU against the number of views', 'Examples (2 views)', '3D view'], heads
+                assert heads[:4] == ['Results', 'IoU against the number of views', 'Examples (2 views)',
+                                     '3D view'], heads
                 assert page.locator('table.results tbody tr').count() == 3              # views 1, 2, 4
                 assert table.locator('th').all_inner_texts()[:4] == ['views', 'IoU ↑', 'F-score@1% ↑', 'Chamfer-L1 ↓']
             else:
@@ -94,7 +99,8 @@ def test_report_in_chromium(reports, kind, tmp_path):
             frame.evaluate('() => Promise.resolve(window.K3DInstance).then(() => new Promise('
                            'r => requestAnimationFrame(() => requestAnimationFrame(r))))')
             frame.wait_for_selector('#canvasTarget canvas', state='attached')
-            for _ in range(40):                                                   # SwiftShader may take a moment: poll the pixels
+            # SwiftShader may take a moment: poll the pixels
+            for _ in range(40):
                 iframe.screenshot(path=str(frame_shot))
                 share = drawn_share(frame_shot)
                 if share > 0.03: break

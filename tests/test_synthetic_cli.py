@@ -52,7 +52,8 @@ def test_exact_co3d_layout(roots):
         expected.add(f'chair/{name}/pointcloud.ply')
         for k in range(1, F + 1):
             expected |= {f'chair/{name}/images/frame{k:06d}.jpg', f'chair/{name}/masks/frame{k:06d}.png',
-                         f'chair/{name}/depths/frame{k:06d}.jpg.geometric.png', f'chair/{name}/depth_masks/frame{k:06d}.png'}
+                         f'chair/{name}/depths/frame{k:06d}.jpg.geometric.png',
+                         f'chair/{name}/depth_masks/frame{k:06d}.png'}
     assert set(tree(root)) == expected                 # nothing missing, no temporary or .partial leftovers
     assert load_subsets(root) == {'chair': ['fewview_dev', 'manyview_dev_0']}
     few = load_set_list(root, 'chair', 'fewview_dev')
@@ -123,7 +124,7 @@ def test_point_cloud_projects_into_masks(roots):
     assert inside / total > 0.95
 
 
-@pytest.mark.parametrize('args, message', [
+@pytest.mark.parametrize(('args', 'message'), [
     (['--sequences', 0], '--sequences must be an integer from 1'),
     (['--frames', 0], '--frames must be an integer from 1'),
     (['--image_size', 100], "'image_size' = 100 is out of range; allowed: a multiple of 16 from 32 to 512"),
