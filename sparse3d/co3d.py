@@ -83,6 +83,7 @@ class SequenceAnnotation:
     point_cloud_n_points: Optional[int] = None
     point_cloud_quality_score: Optional[float] = None
     viewpoint_quality_score: Optional[float] = None
+    meta: Optional[dict] = None             # how the object was made (sparse3d_synth: its shape's components), or None
 
 # %% ../nbs/02_co3d.ipynb #0c30dba4
 def _get(d, keys, typ, where, required=True):
@@ -155,13 +156,14 @@ def sequence_from_dict(d, where='sequence annotation') -> SequenceAnnotation:
     if not isinstance(d, dict): raise DataError(f"{where}: expected a JSON object, got {type(d).__name__}.")
     pc = d.get('point_cloud') if isinstance(d.get('point_cloud'), dict) else {}
     num = lambda keys: _get(d, keys, (int, float), where, required=False)
+    meta = _get(d, ['meta'], dict, where, required=False)
     return SequenceAnnotation(
         sequence_name=_get(d, ['sequence_name'], str, where), category=_get(d, ['category'], str, where),
         video_length=_get(d, ['video_length'], int, where, False),
         point_cloud_path=pc.get('path') if isinstance(pc.get('path'), str) else None,
         point_cloud_n_points=pc.get('n_points') if type(pc.get('n_points')) is int else None,
         point_cloud_quality_score=num(['point_cloud', 'quality_score']) if pc else None,
-        viewpoint_quality_score=num(['viewpoint_quality_score']))
+        viewpoint_quality_score=num(['viewpoint_quality_score']), meta=meta)
 
 # %% ../nbs/02_co3d.ipynb #8cc5f086
 def frame_to_dict(f: FrameAnnotation) -> dict:
@@ -176,7 +178,7 @@ def sequence_to_dict(s: SequenceAnnotation) -> dict:
     pc = None if s.point_cloud_path is None else dict(
         path=s.point_cloud_path, quality_score=s.point_cloud_quality_score, n_points=s.point_cloud_n_points)
     return dict(sequence_name=s.sequence_name, category=s.category, video_length=s.video_length, point_cloud=pc,
-                viewpoint_quality_score=s.viewpoint_quality_score)
+                viewpoint_quality_score=s.viewpoint_quality_score, **({} if s.meta is None else dict(meta=s.meta)))
 
 # %% ../nbs/02_co3d.ipynb #b776a564
 def _regular_file(path, what, todo='Check the dataset root, or re-download the sequence.') -> Path:
