@@ -30,7 +30,7 @@ import sparse3d
 from .config import ConfigError, DataError, OutputError, Sparse3DError, check_value, refused_write
 from .binvox import write_binvox, read_binvox
 from .co3d import (Co3dCategory, _regular_file, load_pointcloud,
-                           load_set_list, load_subsets, save_depth, save_depth_mask, save_image, save_json, save_mask)
+                           load_set_list, load_subsets, save_json)
 from .geometry import Camera, cell_centers, sample_surface
 
 # %% ../nbs/04_preprocess.ipynb #47a231f9
@@ -85,7 +85,7 @@ def ply2voxel(xyz, cube_len=32, fill='solid', outlier_std=3.0):
     norm.update(n_points=int(len(xyz)), n_inliers=int(keep.sum()))
     return (fill_solid(grid) if fill == 'solid' else grid), norm
 
-# %% ../nbs/04_preprocess.ipynb #1aef6f53
+# %% ../nbs/04_preprocess.ipynb #dab8236a
 MASK_THRESHOLD = 0.5    # the one place a soft mask becomes foreground; `PreprocessSettings.mask_threshold` default
 
 def foreground(mask, threshold=MASK_THRESHOLD) -> np.ndarray:
@@ -94,7 +94,7 @@ def foreground(mask, threshold=MASK_THRESHOLD) -> np.ndarray:
     m = np.asarray(mask)
     return m > (threshold * 255 if m.dtype == np.uint8 else threshold)
 
-# %% ../nbs/04_preprocess.ipynb #92f58bd0
+# %% ../nbs/04_preprocess.ipynb #d575422f
 VOTE_SIZE = 160         # masks are compared with the cloud at this size (larger side, pixels)
 VOTE_FRAMES = 40        # at most this many frames, evenly spaced, vote on each point
 
@@ -106,10 +106,11 @@ def vote_view(cam: Camera, mask, threshold=MASK_THRESHOLD, size=VOTE_SIZE) -> tu
     if tuple(cam.image_size) != (H, W):
         raise DataError(f"vote_view: the mask is {W}x{H} but the camera's image is "
                         f"{cam.image_size[1]}x{cam.image_size[0]} (W x H).")
-    k = min(1.0, size / max(H, W))
-    h, w = max(1, round(H * k)), max(1, round(W * k))
-    if (h, w) != (H, W): m = np.asarray(Image.fromarray(m).resize((w, h), Image.BILINEAR))
-    return cam.resize((h, w)), foreground(m, threshold)
+    k = math.ceil(max(H, W) / size)                 # shrunk by a whole factor: each pixel the mean of k x k
+    if k == 1: return cam, foreground(m, threshold)
+    small = Image.fromarray(m).reduce(k)
+    K = cam.K.copy(); K[:2] /= k                     # pixel edges scale exactly by 1/k
+    return Camera(K, cam.R, cam.t, small.size[::-1]), foreground(np.asarray(small), threshold)
 
 def mask_votes(xyz, views, dilate=2) -> tuple:
     """Per point of `xyz`: in how many of `views` (`vote_view`s) it falls on the foreground grown by `dilate` px, and in
@@ -117,7 +118,7 @@ def mask_votes(xyz, views, dilate=2) -> tuple:
     xyz = np.asarray(xyz, np.float64)
     inside, seen = np.zeros(len(xyz), np.int32), np.zeros(len(xyz), np.int32)
     for cam, fg in views:
-        if dilate: fg = ndimage.binary_dilation(fg, np.ones((3, 3), bool), iterations=dilate)
+        if dilate: fg = ndimage.maximum_filter(fg, 2 * dilate + 1)         # grown by `dilate` px each way
         H, W = fg.shape
         uv, z = cam.project(xyz)
         with np.errstate(invalid='ignore'):
@@ -126,7 +127,7 @@ def mask_votes(xyz, views, dilate=2) -> tuple:
         inside[ok] += fg[uv[ok, 1].astype(int), uv[ok, 0].astype(int)]
     return inside, seen
 
-# %% ../nbs/04_preprocess.ipynb #da633c18
+# %% ../nbs/04_preprocess.ipynb #c4d02461
 def camera_up(cameras) -> np.ndarray:
     "The world's up as the cameras hold it: the mean of their image-up axes (unit), or None if they cancel out"
     up = -np.mean([np.asarray(c.R)[1] for c in cameras], 0)
@@ -162,7 +163,7 @@ def ground_plane(xyz, up, outside, slice_frac=0.15, dist_frac=0.01, max_tilt=20.
     if (np.asarray(idx) >= n_in).sum() < min_outside * len(idx): return none
     return signed <= dist, (n.tolist(), float(off))
 
-# %% ../nbs/04_preprocess.ipynb #26e88d22
+# %% ../nbs/04_preprocess.ipynb #7f97c5cf
 def clean_cloud(xyz, views, min_vote=0.5, outlier_std=3.0, ground=True, dilate=2) -> tuple:
     """`(keep, record)`: which points of `xyz` to keep and what was removed. Removed in turn: points on the foreground
     of fewer than `min_vote` of the `views` that see them, the floor plane (but for the points on every mask: a part
@@ -189,7 +190,7 @@ def clean_cloud(xyz, views, min_vote=0.5, outlier_std=3.0, ground=True, dilate=2
     return keep, dict(n_points=len(xyz), n_kept=int(keep.sum()), removed=removed, mask_agreement=agree,
                       ground_plane=plane, n_views=len(views))
 
-# %% ../nbs/04_preprocess.ipynb #3e8aa649
+# %% ../nbs/04_preprocess.ipynb #aeb33200
 def _ray_hits(V, F, origins, targets) -> np.ndarray:
     "Whether the segment from each of `origins` to its target in `targets` reaches it before crossing mesh `V`, `F`"
     import open3d as o3d
@@ -226,7 +227,7 @@ def _seen_by(V, F, xyz, cameras) -> np.ndarray:
         count += ok
     return count
 
-# %% ../nbs/04_preprocess.ipynb #44da3240
+# %% ../nbs/04_preprocess.ipynb #d829ef73
 MVS_SURFACE, MVS_OUTLIER, MVS_FLOOR = 0, 1, 2
 
 def mvs_like_cloud(V, F, cameras, rng, n=20000, noise=0.004, outlier_frac=0.01, floor_frac=0.08, up=(0, 1, 0),
@@ -254,13 +255,13 @@ def mvs_like_cloud(V, F, cameras, rng, n=20000, noise=0.004, outlier_frac=0.01, 
     kind = np.repeat([MVS_SURFACE, MVS_FLOOR, MVS_OUTLIER], [len(surf), len(floor), len(far)])
     return np.concatenate([xyz, far]), kind
 
-# %% ../nbs/04_preprocess.ipynb #68ac0d5b
+# %% ../nbs/04_preprocess.ipynb #18ca0bb9
 def silhouette_agreement(grid, norm, views, dilate=2) -> np.ndarray:
     """Per view `[V, 2]`: the share of the mask's foreground the silhouette of voxel target `grid` (normalised by
     `norm`) covers, and the share of its occupied cells whose centre falls on the foreground; `dilate` px of slack"""
     D = grid.shape[0]
     centers = cell_centers(D, points=True)[np.asarray(grid).ravel()] * norm['scale'] + np.asarray(norm['center'])
-    grow = lambda m, r: ndimage.binary_dilation(m, np.ones((2 * r + 1,) * 2, bool)) if r > 0 else m
+    grow = lambda m, r: ndimage.maximum_filter(m, 2 * r + 1) if r > 0 else m
     out = []
     for cam, fg in views:
         H, W = fg.shape
@@ -318,7 +319,7 @@ def crop_resize(a, box, size, kind='image') -> np.ndarray:
     else: box4 = (x0, y0, x0 + side, y0 + side)
     return np.asarray(im.resize((size, size), mode, box=box4))
 
-# %% ../nbs/04_preprocess.ipynb #aac3028e
+# %% ../nbs/04_preprocess.ipynb #b684b639
 _BAD_IMAGE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 def _unreadable(path, what, e) -> DataError:
@@ -355,10 +356,13 @@ def _mask_u8(a) -> np.ndarray:
             * 255 + 0.5).astype(np.uint8)
 
 def _crop_pil(im, box, size, resample):
-    "PIL image `im` cut to the pixels covering square `box = (x0, y0, side)` (floats; zeros outside), then resized"
+    """PIL image `im`'s square `box = (x0, y0, side)` (floats allowed; black outside the image) resized to `size`: only
+    the box's pixels are read, and for an integer box exactly as `crop_resize` does it"""
     x0, y0, side = box
+    if x0 >= 0 and y0 >= 0 and x0 + side <= im.size[0] and y0 + side <= im.size[1]:
+        return im.resize((size, size), resample, box=(x0, y0, x0 + side, y0 + side))
     ix, iy = math.floor(x0), math.floor(y0)
-    c = im.crop((ix, iy, math.ceil(x0 + side), math.ceil(y0 + side)))
+    c = im.crop((ix, iy, math.ceil(x0 + side), math.ceil(y0 + side)))        # zeros outside the image
     return c.resize((size, size), resample, box=(x0 - ix, y0 - iy, x0 - ix + side, y0 - iy + side))
 
 def read_image_crop(path, box, size, image_size=None) -> tuple:
@@ -373,24 +377,45 @@ def read_image_crop(path, box, size, image_size=None) -> tuple:
     crop = np.asarray(_crop_pil(im, tuple(v / s for v in box), size, Image.BILINEAR))
     return crop, max(hi for _, hi in im.getextrema()) <= 1        # blank: as `is_blank`, every pixel <= 1/255
 
+def _nearest_indices(box, size, H, W) -> tuple:
+    """Rows and columns `[size]` of the pixels `crop_resize(a, box, size, 'depth')` picks from an `H` x `W` array (-1:
+    outside it): PIL's nearest-pixel rounding, found by resizing ramps of pixel indices the same way"""
+    x0, y0, side = box
+    inside = x0 >= 0 and y0 >= 0 and x0 + side <= W and y0 + side <= H
+    def axis(start, n, across):
+        ramp = np.arange(n, dtype=np.float32) if inside else np.arange(start, start + side, dtype=np.float32)
+        lo, hi = (start, start + side) if inside else (0, side)
+        im = Image.fromarray(ramp[None] if across else ramp[:, None])
+        out = im.resize((size, 1), Image.NEAREST, box=(lo, 0, hi, 1)) if across else \
+            im.resize((1, size), Image.NEAREST, box=(0, lo, 1, hi))
+        idx = np.asarray(out).ravel().astype(np.int64)
+        return np.where((idx >= 0) & (idx < n), idx, -1)
+    return axis(y0, H, False), axis(x0, W, True)
+
+def _sample(a, rows, cols):
+    "`a[rows][:, cols]`, 0 where an index is -1"
+    out = a[np.ix_(rows.clip(0), cols.clip(0))]
+    out[(rows < 0)[:, None] | (cols < 0)[None]] = 0
+    return out
+
 def read_depth_crop(depth_path, mask_path, box, size, scale_adjustment=1.0) -> np.ndarray:
-    """float32 `[size, size]` depth of `box` (nearest pixel, 0 where missing or where the depth mask at `mask_path` says
-    invalid); only the crop is converted from CO3D's float16 bits"""
+    """float32 `[size, size]` depth of `box` as `crop_resize(..., 'depth')` gives it from the full map (0 where missing,
+    or where the depth mask at `mask_path` says invalid); only the picked pixels are converted from float16 bits"""
     path, im = _open_lazy(depth_path, 'depth map')
     im = _decoded(path, 'depth map', im)
     if im.mode not in ('I;16', 'I'):
         raise DataError(f"{path}: a CO3D depth map is a 16-bit PNG, this one is mode {im.mode}. "
                         "Re-download or regenerate it.")
-    a = np.asarray(_crop_pil(im, box, size, Image.NEAREST)).astype(np.uint16)
+    rows, cols = _nearest_indices(box, size, im.size[1], im.size[0])
+    a = _sample(np.asarray(im), rows, cols).astype(np.uint16)
     with np.errstate(invalid='ignore', over='ignore'):
         depth = a.view(np.float16).astype(np.float32) * np.float32(scale_adjustment)
     depth[~np.isfinite(depth) | (depth < 0)] = 0
     if mask_path is not None:
-        mpath, m = _open_lazy(mask_path, 'depth mask')
+        mpath, m = _open_lazy(mask_path, 'depth mask', im.size[::-1])
         m = _decoded(mpath, 'depth mask', m)
         if m.mode not in ('L', 'I;16', 'I'): m = _decoded(mpath, 'depth mask', m, 'L')
-        valid = foreground(_mask_u8(np.asarray(_crop_pil(m, box, size, Image.NEAREST))))
-        depth = np.where(valid, depth, 0).astype(np.float32)
+        depth = np.where(foreground(_sample(_mask_u8(np.asarray(m)), rows, cols)), depth, 0).astype(np.float32)
     return depth
 
 # %% ../nbs/04_preprocess.ipynb #18cf3400
@@ -442,7 +467,7 @@ def _even(items, n):
     if not n or n >= len(items): return list(items)
     return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
 
-# %% ../nbs/04_preprocess.ipynb #a8275f5f
+# %% ../nbs/04_preprocess.ipynb #bb7e34b4
 class SequenceFlagged(DataError):
     "A sequence whose cleaned point cloud or voxel target disagrees with its masks: skipped, never trained on"
     def __init__(self, message, record):
@@ -485,6 +510,33 @@ def sequence_target(xyz, views, st: PreprocessSettings, where='point cloud') -> 
     return grid, norm, rec
 
 # %% ../nbs/04_preprocess.ipynb #79e8cff4
+def _write_file(path, data: bytes):
+    """Write `data` to file `path`, plainly: it is inside a sequence's temporary folder, which is synced and renamed
+    into place as a whole (`OutputError` if the disk refuses it)"""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as e:
+        if (err := refused_write(path, e)) is not None: raise err from None
+        raise
+
+def _write_encoded(path, array, fmt, **params):
+    "Encode image `array` as `fmt` into file `path` (`_write_file`)"
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt, **params)
+    _write_file(path, buf.getvalue())
+
+def _write_frame(inst, rec, img, msk, dep):
+    "Write a frame's crops (as `save_image`, `save_mask`, `save_depth`, `save_depth_mask` would) under `inst`"
+    _write_encoded(inst/rec['image'], img, 'JPEG', quality=92)
+    _write_encoded(inst/rec['mask'], msk, 'PNG')
+    if dep is not None:
+        if not np.isfinite(dep).all() or dep.max(initial=0) > 65504:
+            raise DataError(f"{inst/rec['depth']}: depth beyond float16 (65504); the depth map is corrupt.")
+        _write_encoded(inst/rec['depth'], dep.astype(np.float16).view(np.uint16), 'PNG')
+        _write_encoded(inst/rec['depth_mask'], np.where(dep > 0, 255, 0).astype(np.uint8), 'PNG')
+
 def _frame_mask(cat, f, st: PreprocessSettings):
     "First pass over frame `f`: `(box, mask crop, vote view)`, or a drop reason string; reads only the mask"
     if f.mask_path is None: return 'no mask'
@@ -510,12 +562,8 @@ def _process_frame(cat, f, box, msk, norm, st: PreprocessSettings, inst: Path):
     if blank: return 'redacted (all-black image)'
     if st.apply_mask: img = (img * (msk[..., None] / 255.0) + 0.5).astype(np.uint8)
     rec = dict(frame_number=n, image=f'images/frame{n:06d}.jpg', mask=f'masks/frame{n:06d}.png', crop_box=list(box))
-    save_image(inst/rec['image'], img)
-    save_mask(inst/rec['mask'], msk / 255.0)
-    if dep is not None:
-        rec.update(depth=f'depths/frame{n:06d}.png', depth_mask=f'depth_masks/frame{n:06d}.png')
-        save_depth(inst/rec['depth'], dep)
-        save_depth_mask(inst/rec['depth_mask'], dep > 0)
+    if dep is not None: rec.update(depth=f'depths/frame{n:06d}.png', depth_mask=f'depth_masks/frame{n:06d}.png')
+    _write_frame(inst, rec, img, msk, dep)
     rec['_pose'] = pose
     rec['camera'] = pose['normalized']
     return rec
@@ -559,7 +607,7 @@ def preprocess_sequence(input_dir, output_dir, category, sequence, settings: Pre
             r = _process_frame(cat, f, box, msk, norm, st, tinst)
             if isinstance(r, str): dropped.append(dict(frame_number=f.frame_number, reason=r))
             else:
-                save_json(tproc/'poses'/f'frame{f.frame_number:06d}_pose.json', r.pop('_pose'))
+                _write_file(tproc/'poses'/f'frame{f.frame_number:06d}_pose.json', json.dumps(r.pop('_pose')).encode())
                 r['pose'] = f"../{proc.name}/poses/frame{f.frame_number:06d}_pose.json"
                 records.append(r)
         if not records:
@@ -576,7 +624,9 @@ def preprocess_sequence(input_dir, output_dir, category, sequence, settings: Pre
                     voxels=dict(path='seq.binvox', cube_len=st.cube_len, fill=st.fill, occupancy=float(grid.mean()),
                                 n_occupied=int(grid.sum())),
                     frames=records, dropped=dropped, versions=_versions())
-        # every write done before the old outputs go (a full disk keeps them)
+        # every write done before the old outputs go (a full disk keeps them); the crops reach the disk before the
+        # folders are renamed in (one sync a sequence instead of one per file)
+        os.sync()
         save_json(tproc/'sequence_meta.json', meta)
         for old in (proc, inst):
             if old.exists(): shutil.rmtree(old)
