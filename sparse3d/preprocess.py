@@ -85,7 +85,7 @@ def ply2voxel(xyz, cube_len=32, fill='solid', outlier_std=3.0):
     norm.update(n_points=int(len(xyz)), n_inliers=int(keep.sum()))
     return (fill_solid(grid) if fill == 'solid' else grid), norm
 
-# %% ../nbs/04_preprocess.ipynb #7df21559
+# %% ../nbs/04_preprocess.ipynb #eefbcf77
 MASK_THRESHOLD = 0.5    # the one place a soft mask becomes foreground; `PreprocessSettings.mask_threshold` default
 
 def foreground(mask, threshold=MASK_THRESHOLD) -> np.ndarray:
@@ -94,7 +94,7 @@ def foreground(mask, threshold=MASK_THRESHOLD) -> np.ndarray:
     m = np.asarray(mask)
     return m > (threshold * 255 if m.dtype == np.uint8 else threshold)
 
-# %% ../nbs/04_preprocess.ipynb #be249a1d
+# %% ../nbs/04_preprocess.ipynb #c0fd7555
 VOTE_SIZE = 160         # masks are compared with the cloud at this size (larger side, pixels)
 VOTE_FRAMES = 40        # at most this many frames, evenly spaced, vote on each point
 
@@ -127,7 +127,7 @@ def mask_votes(xyz, views, dilate=2) -> tuple:
         inside[ok] += fg[uv[ok, 1].astype(int), uv[ok, 0].astype(int)]
     return inside, seen
 
-# %% ../nbs/04_preprocess.ipynb #76ba0ace
+# %% ../nbs/04_preprocess.ipynb #fbefb7cf
 def camera_up(cameras) -> np.ndarray:
     "The world's up as the cameras hold it: the mean of their image-up axes (unit), or None if they cancel out"
     up = -np.mean([np.asarray(c.R)[1] for c in cameras], 0)
@@ -163,7 +163,7 @@ def ground_plane(xyz, up, outside, slice_frac=0.15, dist_frac=0.01, max_tilt=20.
     if (np.asarray(idx) >= n_in).sum() < min_outside * len(idx): return none
     return signed <= dist, (n.tolist(), float(off))
 
-# %% ../nbs/04_preprocess.ipynb #9a628ba3
+# %% ../nbs/04_preprocess.ipynb #13322eb8
 def clean_cloud(xyz, views, min_vote=0.5, outlier_std=3.0, ground=True, dilate=2) -> tuple:
     """`(keep, record)`: which points of `xyz` to keep and what was removed. Removed in turn: points on the foreground
     of fewer than `min_vote` of the `views` that see them, the floor plane (but for the points on every mask: a part
@@ -190,7 +190,7 @@ def clean_cloud(xyz, views, min_vote=0.5, outlier_std=3.0, ground=True, dilate=2
     return keep, dict(n_points=len(xyz), n_kept=int(keep.sum()), removed=removed, mask_agreement=agree,
                       ground_plane=plane, n_views=len(views))
 
-# %% ../nbs/04_preprocess.ipynb #23629ae9
+# %% ../nbs/04_preprocess.ipynb #f5838056
 def _ray_hits(V, F, origins, targets) -> np.ndarray:
     "Whether the segment from each of `origins` to its target in `targets` reaches it before crossing mesh `V`, `F`"
     import open3d as o3d
@@ -227,7 +227,7 @@ def _seen_by(V, F, xyz, cameras) -> np.ndarray:
         count += ok
     return count
 
-# %% ../nbs/04_preprocess.ipynb #ba9331f9
+# %% ../nbs/04_preprocess.ipynb #63f46413
 MVS_SURFACE, MVS_OUTLIER, MVS_FLOOR = 0, 1, 2
 
 def mvs_like_cloud(V, F, cameras, rng, n=20000, noise=0.004, outlier_frac=0.01, floor_frac=0.08, up=(0, 1, 0),
@@ -255,7 +255,7 @@ def mvs_like_cloud(V, F, cameras, rng, n=20000, noise=0.004, outlier_frac=0.01, 
     kind = np.repeat([MVS_SURFACE, MVS_FLOOR, MVS_OUTLIER], [len(surf), len(floor), len(far)])
     return np.concatenate([xyz, far]), kind
 
-# %% ../nbs/04_preprocess.ipynb #35e1c39a
+# %% ../nbs/04_preprocess.ipynb #87177572
 def silhouette_agreement(grid, norm, views, dilate=2) -> np.ndarray:
     """Per view `[V, 2]`: the share of the mask's foreground the silhouette of voxel target `grid` (normalised by
     `norm`) covers, and the share of its occupied cells whose centre falls on the foreground; `dilate` px of slack"""
@@ -319,7 +319,7 @@ def crop_resize(a, box, size, kind='image') -> np.ndarray:
     else: box4 = (x0, y0, x0 + side, y0 + side)
     return np.asarray(im.resize((size, size), mode, box=box4))
 
-# %% ../nbs/04_preprocess.ipynb #7249179b
+# %% ../nbs/04_preprocess.ipynb #a5e2bd79
 _BAD_IMAGE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 def _unreadable(path, what, e) -> DataError:
@@ -467,7 +467,7 @@ def _even(items, n):
     if not n or n >= len(items): return list(items)
     return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
 
-# %% ../nbs/04_preprocess.ipynb #5c9d50ed
+# %% ../nbs/04_preprocess.ipynb #f4283bb1
 class SequenceFlagged(DataError):
     "A sequence whose cleaned point cloud or voxel target disagrees with its masks: skipped, never trained on"
     def __init__(self, message, record):
@@ -947,7 +947,7 @@ def split_cli(output_dir:Param('processed root', str, required=True)=None,
         print(f"split ({sp['source']}): " + ', '.join(f"{k} {len(sp[k])}" for k in SPLITS))
     _cli_errors(run)
 
-# %% ../nbs/04_preprocess.ipynb #6fd84967
+# %% ../nbs/04_preprocess.ipynb #5bd0acc9
 def resize_frames(src, dst, size, category='chair', noise=6.0, seed=0) -> Path:
     """Copy CO3D root `src` to `dst` with every frame of `category` (image, mask, depth, depth mask) resized to `size` x
     `size`, and pixel noise of `noise` levels added to the images so their JPEGs are as big as photos': a dataset at a
