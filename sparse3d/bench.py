@@ -28,7 +28,7 @@ from .config import ConfigError, DataError, Sparse3DError, atomic_write, cli_err
 from .geometry import cell_centers
 from .data import MultiViewDataset, make_loader, packed_dir, pose_features, POSE_DIM
 from .model import VAEGAN, ring_cameras, forward_time, flops_per_sample
-from .preprocess import PreprocessSettings, preprocess_category, split_and_pack
+from .preprocess import PreprocessSettings, preprocess_category, resize_frames, split_and_pack
 from .synthetic import render_dataset
 from .train import TrainState, Generative, optimizers, train_step, seed_everything, resolve_device
 
@@ -256,17 +256,24 @@ def render_benchmark(out, n_sequences=8, n_frames=6, image_size=64, workers=1, s
     return dict(n_sequences=n_sequences, n_frames=n_frames, frames=n_sequences * n_frames, image_size=image_size,
                 workers=workers, seconds=secs, frames_per_s=n_sequences * n_frames / secs)
 
-def preprocess_benchmark(co3d_root, out, image_size=128, cube_len=32, workers=1, category='chair') -> dict:
-    "Preprocess every sequence of `co3d_root` into `out`, then split and pack: frames/s of each"
+def preprocess_benchmark(co3d_root, out, image_size=128, cube_len=32, workers=1, category='chair',
+                         frame_size=None) -> dict:
+    """Preprocess every sequence of `co3d_root` into `out`, then split and pack: frames/s of each. With `frame_size`,
+    the frames are first scaled to `frame_size` px (`resize_frames`, untimed; 1500 is CO3D's 2.25 MP)"""
+    if frame_size:
+        co3d_root = resize_frames(co3d_root, Path(out).parent/f'co3d_{int(frame_size)}px', int(frame_size), category)
     t0 = time.perf_counter()
     rep = preprocess_category(co3d_root, out, category, PreprocessSettings(image_size=image_size, cube_len=cube_len), workers, progress=False)
     t1 = time.perf_counter()
-    if rep['failed']:
-        name, info = next(iter(rep['failed'].items()))
-        raise DataError(f"{quoted(co3d_root)}: {len(rep['failed'])} sequences failed to preprocess, e.g. {quoted(name)}: {info.get('error')}")
+    if rep['failed'] or rep.get('flagged'):
+        bad = {**rep['failed'], **rep.get('flagged', {})}
+        name, info = next(iter(bad.items()))
+        raise DataError(f"{quoted(co3d_root)}: {len(bad)} sequences failed or were flagged in preprocessing, e.g. {quoted(name)}: "
+                        f"{info.get('error') or info.get('reason')}")
     sp = split_and_pack(out, category, co3d_root, progress=False)
     t2 = time.perf_counter()
     return dict(n_sequences=len(rep['done']), frames=rep['frames'], image_size=image_size, cube_len=cube_len, workers=workers,
+                frame_size=frame_size,
                 seconds=t1 - t0, frames_per_s=rep['frames'] / (t1 - t0), pack_seconds=t2 - t1,
                 split={k: len(sp[k]) for k in ('train', 'val', 'test')})
 
@@ -290,7 +297,7 @@ def loader_benchmark(root, split='train', num_views=4, batch_size=8, workers=0, 
 # %% ../nbs/11_benchmarks.ipynb #240bd9dc
 def pipeline_benchmark(work_dir, sizes=(4, 8), n_frames=6, render_size=64, image_size=128, cube_len=32, workers=1,
                        loader_workers=(0,), num_views=4, batch_size=8, loader_samples=64, repeats=3, threads=None,
-                       timeout=3600, log=None) -> dict:
+                       timeout=3600, log=None, frame_size=None) -> dict:
     "Render, preprocess and load synthetic datasets of each size in `sizes` (sequences), each step in its own process: rates and peak RSS"
     log = log or (lambda *a: None)
     rows = []
@@ -298,9 +305,10 @@ def pipeline_benchmark(work_dir, sizes=(4, 8), n_frames=6, render_size=64, image
         d = Path(work_dir)/f'{n}_sequences'
         log(f"rendering {n} sequences x {n_frames} frames at {render_size} px")
         r = run_child('render_benchmark', threads, timeout, out=d/'co3d', n_sequences=n, n_frames=n_frames, image_size=render_size, workers=workers)
-        log(f"preprocessing them to {image_size} px crops and {cube_len}^3 grids")
+        scaled = f' (scaled to {frame_size} px frames)' if frame_size else ''
+        log(f"preprocessing them{scaled} to {image_size} px crops and {cube_len}^3 grids")
         p = run_child('preprocess_benchmark', threads, timeout, co3d_root=d/'co3d', out=d/'proc', image_size=image_size,
-                      cube_len=cube_len, workers=workers)
+                      cube_len=cube_len, workers=workers, frame_size=frame_size)
         loads = []
         for w in loader_workers:
             log(f"loading batches of {batch_size} x {num_views} views with {w} loader workers")
@@ -772,6 +780,7 @@ class BenchPlan:
     sizes: tuple = (16, 64)             # sequences in the synthetic datasets (memory at two sizes)
     frames: int = 24
     render_size: int = 128
+    preprocess_frame_size: int = 0      # 0: preprocess frames as rendered; else scaled to this first (1500: 2.25 MP)
     workers: int = 2                    # rendering and preprocessing processes
     loader_workers: tuple = (0, 2)
     loader_samples: int = 256
@@ -847,7 +856,7 @@ def run_benchmarks(quick=False, runs=None, test_dir=None, threads=None, device='
     with tempfile.TemporaryDirectory(prefix='sparse3d_bench_', dir=work_dir) as wd:
         res['pipeline'] = pipeline_benchmark(wd, plan.sizes, plan.frames, plan.render_size, plan.image_size, plan.cube_len, plan.workers,
                                              plan.loader_workers, plan.num_views, plan.batch_size, plan.loader_samples, plan.loader_repeats,
-                                             log=say, **kw)
+                                             log=say, frame_size=plan.preprocess_frame_size or None, **kw)
         res['quality'] = quality_benchmark(runs, test_dir, Path(wd)/'eval', plan.views, max_objects=plan.max_objects, device=dev,
                                            threads=res['threads'], log=say) if runs else None
     say("reference again")

@@ -124,8 +124,8 @@ def test_fit_checkpoint_disk_full_keeps_last_checkpoint(faults_data, tmp_path, m
 # --- preprocessing: the disk fills up in the middle of a re-run ----------------------------------------------------
 
 def test_preprocess_disk_full_keeps_previous_outputs(faults_data, tmp_path, monkeypatch, fault):
-    fault.describe('Disk', 'disk full in the middle of re-processing a category with new settings (fsync fails from '
-                   'the 25th write on)', 'OutputError naming the file; every sequence is either its old complete self '
+    fault.describe('Disk', 'disk full in the middle of re-processing a category with new settings (writes fail '
+                   'from the 25th on)', 'OutputError naming the file; every sequence is either its old complete self '
                    'or its new one; packed splits untouched; a re-run finishes')
     from sparse3d.preprocess import PreprocessSettings, preprocess_category, load_sequence_meta, split_and_pack
     from sparse3d.co3d import load_image
@@ -134,12 +134,17 @@ def test_preprocess_disk_full_keeps_previous_outputs(faults_data, tmp_path, monk
     packed_before = tree_digest(out/'chair'/'packed')
     names = json.loads((out/'chair'/'splits.json').read_text())
     names = sorted(names['train'] + names['val'] + names['test'])
-    calls, real = [0], os.fsync
-    def fsync(fd):
+    calls, real, real_write = [0], os.fsync, Path.write_bytes
+    def fsync(fd):                                              # atomic_write's files (poses, meta, voxels)
         calls[0] += 1
         if calls[0] >= 25: raise ENOSPC
         return real(fd)
+    def write_bytes(path, data):                                # the crops, written plainly into a temporary folder
+        calls[0] += 1
+        if calls[0] >= 25: raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_write(path, data)
     monkeypatch.setattr(config_mod.os, 'fsync', fsync)
+    monkeypatch.setattr(Path, 'write_bytes', write_bytes)
     st = PreprocessSettings(image_size=32)
     with pytest.raises(Sparse3DError) as e: preprocess_category(faults_data['co3d'], out, 'chair', st, workers=1,
                                                                 progress=False)
