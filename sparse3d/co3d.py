@@ -19,12 +19,9 @@ from typing import Optional
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .config import DataError, atomic_write
+from .config import DataError, atomic_write, quoted
 from .geometry import Camera
 from .geometry import look_at as look_at     # re-exported from its old module
-
-# %% ../nbs/02_co3d.ipynb #d77252f9
-from .config import quoted                  # how error messages show input: escaped, cut, one line
 
 # %% ../nbs/02_co3d.ipynb #32a0733f
 INTRINSICS_FORMATS = ('ndc_isotropic', 'ndc_norm_image_bounds')
