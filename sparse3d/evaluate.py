@@ -74,13 +74,17 @@ def input_kind(test_dir, category='chair') -> str:
 
 def _input_kind(d: Path, category) -> str:
     if not d.exists():
-        raise DataError(f"{quoted(d)}: --test_dir not found. Give a processed root (from sparse3d_preprocess) or a folder of "
+        raise DataError(f"{quoted(d)}: --test_dir not found. Give a processed root (from sparse3d_preprocess) or a "
+                        f"folder of "
                         "photos.")
-    if not d.is_dir(): raise DataError(f"{quoted(d)}: --test_dir is a file; give a processed root or a folder of photos.")
+    if not d.is_dir(): raise DataError(f"{quoted(d)}: --test_dir is a file; give a processed root or a folder of "
+                                       f"photos.")
     if (d/category/'packed').is_dir(): return 'processed'
     if (d/category/'frame_annotations.jgz').exists():
-        raise DataError(f"{quoted(d)}: a CO3D root that is not preprocessed ({quoted(Path(category)/'frame_annotations.jgz')} "
-                        f"but no {quoted(Path(category)/'packed')}/). Run sparse3d_preprocess --input_dir {quoted(d)} --output_dir <processed root> "
+        raise DataError(f"{quoted(d)}: a CO3D root that is not preprocessed "
+                        f"({quoted(Path(category)/'frame_annotations.jgz')} "
+                        f"but no {quoted(Path(category)/'packed')}/). Run sparse3d_preprocess --input_dir {quoted(d)} "
+                        f"--output_dir <processed root> "
                         "first, then pass that root as --test_dir.")
     if (d/'packed').is_dir():
         raise DataError(f"{quoted(d)}: this is the category folder of a processed root; pass its parent as --test_dir "
@@ -88,14 +92,16 @@ def _input_kind(d: Path, category) -> str:
     if (d/'frame_annotations.jgz').exists():
         raise DataError(f"{quoted(d)}: a CO3D category folder that is not preprocessed. Run sparse3d_preprocess "
                         f"--input_dir {quoted(d.parent)} "
-                        f"--output_dir <processed root> --category {quoted(d.name)} first, then pass that root as --test_dir.")
+                        f"--output_dir <processed root> --category {quoted(d.name)} first, then pass that root as "
+                        f"--test_dir.")
     if _image_files(d): return 'photos'
     others = sorted(p.name for p in d.iterdir() if (p/'packed').is_dir())
     if others:
         raise DataError(f"{quoted(d)}: no category {quoted(category)} in this processed root "
                         f"(it has: {', '.join(quoted(o) for o in others)}). "
                         "Use --category.")
-    raise DataError(f"{quoted(d)}: neither a processed root ({quoted(Path(category)/'packed')}/ from sparse3d_preprocess) nor a folder of "
+    raise DataError(f"{quoted(d)}: neither a processed root ({quoted(Path(category)/'packed')}/ from "
+                    f"sparse3d_preprocess) nor a folder of "
                     "photos "
                     f"({', '.join(IMAGE_SUFFIXES)} files, with their masks in masks/).")
 
@@ -112,7 +118,8 @@ def write_mesh(path, verts, faces) -> Path:
         with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
             ok = o3d.io.write_triangle_mesh(str(tmpdir/path.name), mesh)
         if not ok:
-            raise DataError(f"{quoted(path)}: open3d could not write this mesh ({len(verts)} vertices, {len(faces)} faces).")
+            raise DataError(f"{quoted(path)}: open3d could not write this mesh ({len(verts)} vertices, {len(faces)} "
+                            f"faces).")
         os.replace(tmpdir/path.name, path)
     finally: shutil.rmtree(tmpdir, ignore_errors=True)
     return path
@@ -210,7 +217,8 @@ def parse_views(views=None, num_views=None, default=None) -> list:
     vs = set(views or []) | ({int(num_views)} if num_views is not None else set())
     if not vs and default is not None: vs = {int(default)}
     if not vs or any(not isinstance(v, (int, np.integer)) or v < 1 for v in vs):
-        raise ConfigError(f"view counts must be whole numbers >= 1, got {quoted(sorted(vs, key=str)) if vs else 'none'} "
+        raise ConfigError(f"view counts must be whole numbers >= 1, got "
+                          f"{quoted(sorted(vs, key=str)) if vs else 'none'} "
                           "(from --views and --num_views).")
     return sorted(int(v) for v in vs)
 
@@ -246,16 +254,19 @@ def _open_datasets(root, split, views, cfg, category, seed) -> dict:
     d = packed_dir(root, split, category)
     idx = load_json(d/'index.json')
     if idx.get('cube_len') != cfg.cube_len:
-        raise DataError(f"{quoted(d)}: packed at cube_len {quoted(idx.get('cube_len'))}, but the model predicts {cfg.cube_len}^3 "
+        raise DataError(f"{quoted(d)}: packed at cube_len {quoted(idx.get('cube_len'))}, but the model predicts "
+                        f"{cfg.cube_len}^3 "
                         "grids. "
                         f"Preprocess the test data with --cube_len {cfg.cube_len}.")
     if idx.get('image_size') != cfg.image_size:
-        raise DataError(f"{quoted(d)}: packed at image_size {quoted(idx.get('image_size'))} px, but the model was trained on "
+        raise DataError(f"{quoted(d)}: packed at image_size {quoted(idx.get('image_size'))} px, but the model was "
+                        f"trained on "
                         f"{cfg.image_size} px crops. "
                         f"Preprocess the test data with --image_size {cfg.image_size}.")
     dss = {v: MultiViewDataset(root, split, v, category, train=False, seed=seed, apply_mask=cfg.apply_mask,
                                voxel_frame=cfg.voxel_frame) for v in views}
-    if not len(dss[views[0]]): raise DataError(f"{quoted(d)}: the {quoted(split)} split has no objects; choose another --split.")
+    if not len(dss[views[0]]): raise DataError(f"{quoted(d)}: the {quoted(split)} split has no objects; choose another "
+                                               f"--split.")
     return dss
 
 def _main_views(views, num_views, cfg) -> int:

@@ -43,7 +43,8 @@ def find_photos(folder) -> list:
     twins = sorted({s for s in stems if stems.count(s) > 1})
     if twins:
         same = ', '.join(quoted(p.name) for p in images if p.stem == twins[0])
-        raise DataError(f"{quoted(folder)}: several photos are named {quoted(twins[0])} ({same}); masks and poses are matched by base "
+        raise DataError(f"{quoted(folder)}: several photos are named {quoted(twins[0])} ({same}); masks and poses are "
+                        f"matched by base "
                         "name, so rename all but one.")
     masks = {}
     if (folder/'masks').is_dir():
@@ -51,7 +52,8 @@ def find_photos(folder) -> list:
             masks.setdefault(q.stem, q)
     missing = [p.name for p in images if p.stem not in masks]
     if missing:
-        raise DataError(f"{quoted(folder)}: no mask for {', '.join(quoted(m) for m in missing[:5])}{' ...' if len(missing) > 5 else ''}: every "
+        raise DataError(f"{quoted(folder)}: no mask for "
+                        f"{', '.join(quoted(m) for m in missing[:5])}{' ...' if len(missing) > 5 else ''}: every "
                         "photo needs masks/<name>.png (white = the object, the photo's size), e.g. from a "
                         "background-removal tool.")
     pose = lambda s: folder/'poses'/f'{s}_pose.json' if (folder/'poses'/f'{s}_pose.json').is_file() else None
@@ -82,7 +84,8 @@ def load_photo(photo: Photo, image_size=224, crop_margin=0.1, apply_mask=True) -
         up = _upright(photo.image)
         if up is None or up.shape[:2] != msk.shape:
             raise DataError(f"{quoted(photo.mask)}: the mask is {msk.shape[1]}x{msk.shape[0]} pixels but the photo "
-                            f"{quoted(photo.image.name)} is {img.shape[1]}x{img.shape[0]}; a mask must have its photo's size.")
+                            f"{quoted(photo.image.name)} is {img.shape[1]}x{img.shape[0]}; a mask must have its "
+                            f"photo's size.")
         img = up
     box = mask_box(msk, crop_margin)
     if box is None:
