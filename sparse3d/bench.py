@@ -162,8 +162,8 @@ def run_child(name, threads=None, timeout=3600, **kwargs) -> dict:
             time.sleep(0.1)
         wall = time.perf_counter() - t0
         out.seek(0); err.seek(0)
-        lines, errs = out.read().splitlines(), [l for l in err.read().splitlines() if l.strip()]
-    res = next((json.loads(l[len(_MARK):]) for l in reversed(lines) if l.startswith(_MARK)), None)
+        lines, errs = out.read().splitlines(), [line for line in err.read().splitlines() if line.strip()]
+    res = next((json.loads(line[len(_MARK):]) for line in reversed(lines) if line.startswith(_MARK)), None)
     if p.returncode != 0 or res is None:
         raise Sparse3DError(f"benchmark step {name} failed (exit status {p.returncode}): "
                             f"{quoted(errs[-1], 300) if errs else 'no error output'}")
@@ -446,7 +446,7 @@ def _loader_row(results) -> Optional[dict]:
     rows = ((results.get('pipeline') or {}).get('rows') or [])
     if not rows or not rows[-1]['loader']: return None
     loads = rows[-1]['loader']
-    return next((l for l in loads if l['workers'] == 0), loads[0])
+    return next((ld for ld in loads if ld['workers'] == 0), loads[0])
 
 def _inference_row(results, num_views=4, batch=1) -> Optional[dict]:
     rows = (results.get('inference') or {}).get('rows') or []
@@ -613,7 +613,7 @@ def paper_estimate(measured: dict, n_sequences=1470, frames_per_sequence=100, ep
                      + ("training compute is the limit here." if here > tr['samples_per_s'] else "the loader is the "
                                                                                                  "limit here."))
         k_max = next((k for k in n_gpus if g1 * k * gpu_scaling ** math.log2(k) > here), None)
-        first.append(f"With GPUs, compute stops being the limit and data loading becomes it "
+        first.append("With GPUs, compute stops being the limit and data loading becomes it "
                      + (f"from {k_max} GPU{'s' if k_max > 1 else ''} on if the loader has only {cores} cores "
                         if k_max else f"only beyond {max(n_gpus)} GPUs with {cores} cores ")
                      + f"(one GPU needs {math.ceil(g1 / ld['samples_per_s'])} loader "
@@ -726,12 +726,12 @@ def _pipeline_md(r, s) -> str:
                          _at100(x['frames_per_s'], ref),
                          fmt_bytes(x['peak_rss']), fmt_bytes(x['peak_rss_workers'] or None),
                          fmt_bytes(x.get('peak_rss_tree'))))
-        for l in row['loader']:
-            rows.append((row['n_sequences'], row['render']['frames'], f"load ({l['workers']} workers)",
-                         f"{fmt_num(l['samples_per_s'])} samples/s",
-                         _at100(l['samples_per_s'], ref), fmt_bytes(l['peak_rss']),
-                         fmt_bytes(l['peak_rss_workers'] or None),
-                         fmt_bytes(l.get('peak_rss_tree'))))
+        for ld in row['loader']:
+            rows.append((row['n_sequences'], row['render']['frames'], f"load ({ld['workers']} workers)",
+                         f"{fmt_num(ld['samples_per_s'])} samples/s",
+                         _at100(ld['samples_per_s'], ref), fmt_bytes(ld['peak_rss']),
+                         fmt_bytes(ld['peak_rss_workers'] or None),
+                         fmt_bytes(ld.get('peak_rss_tree'))))
     n0, n1 = p['rows'][0]['n_sequences'], p['rows'][-1]['n_sequences']
     grow = ''
     if len(p['rows']) > 1:

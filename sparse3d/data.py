@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from .config import ConfigError, DataError, quoted
 from .geometry import POSE_DIM as POSE_DIM     # re-exported: `from sparse3d.data import POSE_DIM` keeps working
 from .geometry import VIEW_EXTENT, pose_features, to_view_frame
-from .preprocess import PACKED_SPLITS, SPLITS
+from .preprocess import PACKED_SPLITS
 
 # %% ../nbs/05_data.ipynb #4c1c2ffd
 def packed_dir(root, split, category='chair') -> Path:

@@ -7,7 +7,6 @@ __all__ = ['batch_pos_weight', 'weighted_bce', 'soft_dice_loss', 'reconstruction
            'discriminator_loss', 'generator_adv_loss', 'vae_gan_loss']
 
 # %% ../nbs/07_losses.ipynb #107b7ecd
-import math
 from typing import Optional
 
 import torch
