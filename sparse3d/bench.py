@@ -59,7 +59,8 @@ def load_average() -> Optional[float]:
     except (AttributeError, OSError): return None
 
 def machine_info() -> dict:
-    "What the benchmarks run on: CPU model, cores, torch threads, RAM, load, versions of Python, torch, numpy, open3d, CUDA device"
+    """What the benchmarks run on: CPU model, cores, torch threads, RAM, load, versions of Python, torch, numpy,
+    open3d, CUDA device"""
     try: cores = len(os.sched_getaffinity(0))
     except AttributeError: cores = os.cpu_count()
     return dict(cpu=_cpu_model(), cores=cores, logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
@@ -70,7 +71,8 @@ def machine_info() -> dict:
 
 # %% ../nbs/11_benchmarks.ipynb #70e7a219
 def median_time(f, repeats=5, warmup=1, sync=None, clock=time.perf_counter) -> float:
-    "Median wall time of `f()` in seconds over `repeats` timed calls after `warmup` untimed ones; `sync()` is called before each clock reading"
+    """Median wall time of `f()` in seconds over `repeats` timed calls after `warmup` untimed ones; `sync()` is called
+    before each clock reading"""
     if repeats < 1: raise ValueError(f"repeats must be >= 1, got {repeats}")
     sync = sync or (lambda: None)
     for _ in range(warmup): f()
@@ -86,7 +88,8 @@ def _sync_for(device):
     return torch.cuda.synchronize if torch.device(device).type == 'cuda' else None
 
 def matmul_gflops(n=1024, repeats=5, warmup=1, device='cpu') -> float:
-    "Measured fp32 matmul throughput in GFLOP/s: median time of an `n x n` by `n x n` product with torch's current threads"
+    """Measured fp32 matmul throughput in GFLOP/s: median time of an `n x n` by `n x n` product with torch's current
+    threads"""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     out = torch.empty(n, n, device=device)
     return 2 * n ** 3 / median_time(lambda: torch.mm(a, b, out=out), repeats, warmup, _sync_for(device)) / 1e9
@@ -145,7 +148,8 @@ def _tree_rss(proc) -> int:
     return total
 
 def run_child(name, threads=None, timeout=3600, **kwargs) -> dict:
-    "Run `sparse3d.bench.<name>(**kwargs)` in a fresh Python process; its result with `peak_rss`, `peak_rss_workers`, `peak_rss_tree` and `wall_s`"
+    """Run `sparse3d.bench.<name>(**kwargs)` in a fresh Python process; its result with `peak_rss`, `peak_rss_workers`,
+    `peak_rss_tree` and `wall_s`"""
     spec = json.dumps(dict(name=name, kwargs=kwargs, threads=threads), default=str)
     try: import psutil
     except ImportError: psutil = None
@@ -177,7 +181,8 @@ def ball_grid(cube_len=32, radius=0.3, extent=0.5) -> torch.Tensor:
     return ((c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2) <= radius ** 2).float()
 
 def reference_batch(batch_size=8, num_views=4, image_size=128, cube_len=32, seed=0) -> dict:
-    "A batch as `make_loader(MultiViewDataset(...))` gives it: a ball seen by a ring of `num_views` cameras, random texture"
+    """A batch as `make_loader(MultiViewDataset(...))` gives it: a ball seen by a ring of `num_views` cameras, random
+    texture"""
     B, V, S = batch_size, num_views, image_size
     cams = ring_cameras(V, S)
     rep = lambda x: x.expand(B, *x.shape[1:]).clone()
@@ -187,11 +192,12 @@ def reference_batch(batch_size=8, num_views=4, image_size=128, cube_len=32, seed
     return dict(images=torch.rand(B, V, 3, S, S, generator=g) * masks, masks=masks, poses=rep(poses[None]),
                 extent=torch.full((B,), 0.5, dtype=torch.float64), K=rep(cams['K']), R=rep(cams['R']), t=rep(cams['t']),
                 voxels=rep(ball_grid(cube_len)[None]), id=[f'ball_{i}' for i in range(B)],
-                views=rep(torch.arange(V)[None]))
+                    views=rep(torch.arange(V)[None]))
 
 # %% ../nbs/11_benchmarks.ipynb #02dea966
 def make_train_state(cfg, device='cpu', steps_per_epoch=1000) -> tuple:
-    "`(TrainState, generative module, critic)` built as `fit` builds them (model, Adam optimisers, gradient scaler), without data"
+    """`(TrainState, generative module, critic)` built as `fit` builds them (model, Adam optimisers, gradient scaler),
+    without data"""
     dev = torch.device(device)
     model = VAEGAN(cfg, POSE_DIM).to(dev)
     opt_eg, opt_d = optimizers(model, cfg)                  # the optimisers fit uses
@@ -216,7 +222,8 @@ def profile_ops(f, row_limit=15) -> dict:
 # %% ../nbs/11_benchmarks.ipynb #777f757b
 def train_benchmark(batch_size=8, num_views=4, image_size=128, cube_len=32, repeats=5, warmup=1, profile=True,
                     device='cpu', seed=0) -> dict:
-    "Time the real `train_step` at a shape: step seconds (median), samples/s, FLOPs per step, achieved GFLOP/s, and a profile"
+    """Time the real `train_step` at a shape: step seconds (median), samples/s, FLOPs per step, achieved GFLOP/s, and a
+    profile"""
     from torch.utils.flop_counter import FlopCounterMode
     cfg = load_config(None, batch_size=batch_size, num_views=num_views, image_size=image_size, cube_len=cube_len,
                       device=str(device))
@@ -238,7 +245,8 @@ def train_benchmark(batch_size=8, num_views=4, image_size=128, cube_len=32, repe
 # %% ../nbs/11_benchmarks.ipynb #3b87636d
 def inference_benchmark(views=(1, 4, 8), batches=(1, 8), image_size=128, cube_len=32, repeats=10, warmup=3,
                         device='cpu') -> dict:
-    "Median ms per object of an inference forward for each view count and batch size, with FLOPs per object and achieved GFLOP/s"
+    """Median ms per object of an inference forward for each view count and batch size, with FLOPs per object and
+    achieved GFLOP/s"""
     dev = torch.device(device)
     cfg = load_config(None, image_size=image_size, cube_len=cube_len, device=str(device))
     model = VAEGAN(cfg, POSE_DIM).to(dev).eval()
@@ -282,7 +290,8 @@ def preprocess_benchmark(co3d_root, out, image_size=128, cube_len=32, workers=1,
 
 def loader_benchmark(root, split='train', num_views=4, batch_size=8, workers=0, min_samples=64, repeats=3, warmup=1,
                      category='chair', seed=42) -> dict:
-    "Objects per second drawn by `make_loader(MultiViewDataset(root, split))`, median over `repeats` runs of at least `min_samples`"
+    """Objects per second drawn by `make_loader(MultiViewDataset(root, split))`, median over `repeats` runs of at least
+    `min_samples`"""
     ds = MultiViewDataset(root, split, num_views, category, seed=seed)
     if not len(ds): raise DataError(f"{quoted(ds.dir)}: the {split} split is empty; nothing to load.")
     loader = make_loader(ds, batch_size, workers=workers, seed=seed)
@@ -301,7 +310,8 @@ def loader_benchmark(root, split='train', num_views=4, batch_size=8, workers=0, 
 def pipeline_benchmark(work_dir, sizes=(4, 8), n_frames=6, render_size=64, image_size=128, cube_len=32, workers=1,
                        loader_workers=(0,), num_views=4, batch_size=8, loader_samples=64, repeats=3, threads=None,
                        timeout=3600, log=None) -> dict:
-    "Render, preprocess and load synthetic datasets of each size in `sizes` (sequences), each step in its own process: rates and peak RSS"
+    """Render, preprocess and load synthetic datasets of each size in `sizes` (sequences), each step in its own
+    process: rates and peak RSS"""
     log = log or (lambda *a: None)
     rows = []
     for n in sizes:
@@ -323,18 +333,20 @@ def pipeline_benchmark(work_dir, sizes=(4, 8), n_frames=6, render_size=64, image
 
 # %% ../nbs/11_benchmarks.ipynb #9e2d63d8
 def parse_runs(spec) -> dict:
-    "`{label: checkpoint Path}` from `'label=path;label=path'` (or a dict); a `ConfigError` naming the problem if a part is malformed or a file missing"
+    """`{label: checkpoint Path}` from `'label=path;label=path'` (or a dict); a `ConfigError` naming the problem if a
+    part is malformed or a file missing"""
     if isinstance(spec, dict): spec = ';'.join(f"{k}={v}" for k, v in spec.items())
     if spec is None or not str(spec).strip(): return {}
     runs, example = {}, '--runs "pose, mean=run_a/checkpoints/best.pt;no pose, mean=run_b/checkpoints/best.pt"'
     for part in str(spec).split(';'):
         if not part.strip(): continue
-        if '=' not in part: raise ConfigError(f"--runs: {quoted(part.strip())} is not label=checkpoint. Write e.g. "
-                                              f"{example}.")
+        if '=' not in part:
+            raise ConfigError(f"--runs: {quoted(part.strip())} is not label=checkpoint. Write e.g. {example}.")
         label, path = (x.strip() for x in part.split('=', 1))
-        if not label: raise ConfigError(f"--runs: {quoted(part.strip())} has no label before '='. Write e.g. {example}.")
-        if label in runs: raise ConfigError(f"--runs: the label {quoted(label)} is given twice; give each run its own "
-                                            f"label.")
+        if not label:
+            raise ConfigError(f"--runs: {quoted(part.strip())} has no label before '='. Write e.g. {example}.")
+        if label in runs:
+            raise ConfigError(f"--runs: the label {quoted(label)} is given twice; give each run its own label.")
         p = Path(path).expanduser()
         if not p.is_file():
             raise ConfigError(f"--runs: {quoted(p)}: checkpoint of {quoted(label)} not found. Give a .pt file written "
@@ -351,10 +363,12 @@ def run_dir_of(checkpoint) -> Path:
 
 # %% ../nbs/11_benchmarks.ipynb #873564d0
 def time_to_quality(run_dir) -> list:
-    "`[{epoch, minutes, iou}]` of a run's `metrics.jsonl`: cumulative training minutes and the best validation IoU so far"
+    """`[{epoch, minutes, iou}]` of a run's `metrics.jsonl`: cumulative training minutes and the best validation IoU so
+    far"""
     path = Path(run_dir)/'metrics.jsonl'
-    if not path.is_file(): raise DataError(f"{quoted(path)}: not found; time-to-quality needs a training run's folder "
-                                           f"(it holds metrics.jsonl).")
+    if not path.is_file():
+        raise DataError(f"{quoted(path)}: not found; time-to-quality needs a training run's folder (it holds "
+                        f"metrics.jsonl).")
     pts, minutes, best = [], 0.0, None
     for line in path.read_text(encoding='utf-8').splitlines():
         try: h = json.loads(line)
@@ -394,7 +408,8 @@ def _per_view(means, method) -> dict:
 
 def evaluate_quality(path, test_dir, out_dir, views='1,2,4,8', split='test', max_objects=None, device='cpu',
                      category='chair') -> dict:
-    "`evaluate_run` of checkpoint `path` on `split` of `test_dir`, reduced to the run's settings and per-view IoU and F-score of the model and baselines"
+    """`evaluate_run` of checkpoint `path` on `split` of `test_dir`, reduced to the run's settings and per-view IoU and
+    F-score of the model and baselines"""
     from sparse3d.evaluate import evaluate_run
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')          # almost-empty predictions are in r['warnings']
@@ -411,7 +426,8 @@ def _int_keys(d: dict) -> dict: return {int(k): v for k, v in d.items()}
 
 def quality_benchmark(runs: dict, test_dir, out_dir, views='1,2,4,8', split='test', max_objects=None, device='cpu',
                       category='chair', threads=None, isolate=True, log=None) -> dict:
-    "Evaluate each checkpoint of `runs` = `{label: path}` on `split` of `test_dir` (each in its own process if `isolate`): per-view IoU and F-score of each model and the baselines, and time-to-quality"
+    """Evaluate each checkpoint of `runs` = `{label: path}` on `split` of `test_dir` (each in its own process if
+    `isolate`): per-view IoU and F-score of each model and the baselines, and time-to-quality"""
     from sparse3d.evaluate import safe_name
     log = log or (lambda *a: None)
     res = dict(test_dir=str(test_dir), split=split, views=views, max_objects=max_objects, runs={}, baselines={},
@@ -421,8 +437,8 @@ def quality_benchmark(runs: dict, test_dir, out_dir, views='1,2,4,8', split='tes
         kw = dict(path=path, test_dir=test_dir, out_dir=Path(out_dir)/safe_name(label), views=views, split=split,
                   max_objects=max_objects, device=device, category=category)
         entry = run_child('evaluate_quality', threads, **kw) if isolate else evaluate_quality(**kw)
-        entry['model'], entry['baselines'] = _int_keys(entry['model']), {k: _int_keys(v) for k,
-                                                                         v in entry['baselines'].items()}
+        entry['model'] = _int_keys(entry['model'])
+        entry['baselines'] = {k: _int_keys(v) for k, v in entry['baselines'].items()}
         try: entry['time_to_quality'] = time_to_quality(run_dir_of(path))
         except DataError as e: entry['time_to_quality'], entry['note'] = None, str(e)
         res['runs'][label] = entry
@@ -436,13 +452,14 @@ def target_status(value, goal, higher=True, unit='', digits=3) -> str:
     if (value >= goal) if higher else (value <= goal): return 'met'
     gap = goal - value if higher else value - goal
     fmt = lambda x: f"{x:.{digits}g}{unit}"
-    factor = (f" ({goal / value:.1f}x short)" if higher and value > 0 else '') if higher else (f" ({value / goal:.1f}x "
-                                                                                               f"over)" if goal > 0 else '')
+    if higher: factor = f" ({goal / value:.1f}x short)" if value > 0 else ''
+    else: factor = f" ({value / goal:.1f}x over)" if goal > 0 else ''
     return f"missed by {fmt(gap)}{factor}"
 
 # %% ../nbs/11_benchmarks.ipynb #73a8d255
 def _loader_row(results) -> Optional[dict]:
-    "The loader measurement the targets use: the largest dataset, no worker processes if measured (the conservative case)"
+    """The loader measurement the targets use: the largest dataset, no worker processes if measured (the conservative
+    case)"""
     rows = ((results.get('pipeline') or {}).get('rows') or [])
     if not rows or not rows[-1]['loader']: return None
     loads = rows[-1]['loader']
@@ -462,7 +479,8 @@ def _pose_pair(q) -> Optional[tuple]:
     return a, next((k for k in plain if runs[k]['combine_type'] == runs[a]['combine_type']), plain[0])
 
 def summary(results) -> dict:
-    "The derived numbers of a benchmark run: reference GFLOP/s, training fraction, loader multiple, inference ms, quality gaps"
+    """The derived numbers of a benchmark run: reference GFLOP/s, training fraction, loader multiple, inference ms,
+    quality gaps"""
     s = {}
     ref = (results.get('reference') or {}).get('gflops')
     s['reference_gflops'] = ref
@@ -502,31 +520,33 @@ def target_rows(results) -> list:
     s = summary(results)
     pct = lambda x: None if x is None else f"{x:.0%}"
     f = s.get('train_fraction')
+    ims = s.get('inference_image_size')
+    at_size = '' if ims == 128 else f" (at {ims} px)"
     rows = [('training speed', '>= 40% of matmul throughput', pct(f),
              'not measured' if f is None else 'met' if f >= 0.40 else
              f"missed by {(0.40 - f) * 100:.0f} points" + (f" ({0.40 / f:.1f}x short)" if f > 0 else '')),
             ('data loader', '>= 10x what training consumes',
-             None if s.get('loader_multiple') is None else f"{s['loader_multiple']:.1f}x ({s['loader_workers']} "
-                                                           f"workers)",
+             None if s.get('loader_multiple') is None else
+             f"{s['loader_multiple']:.1f}x ({s['loader_workers']} workers)",
              target_status(s.get('loader_multiple'), 10, unit='x', digits=2)),
             ('inference, 4 views 128 px, 1 object', '<= 25 ms per object',
-             None if s.get('inference_ms') is None else f"{s['inference_ms']:.1f} ms" + ('' if s.get('inference_image_size') == 128 else f" (at {s['inference_image_size']} px)"),
+             None if s.get('inference_ms') is None else f"{s['inference_ms']:.1f} ms" + at_size,
              target_status(s.get('inference_ms'), 25, higher=False, unit=' ms', digits=3)),
             ('training memory (peak RSS)', '< 3 GiB', fmt_bytes(s['train_rss']) if s.get('train_rss') else None,
              target_status(None if s.get('train_rss') is None else s['train_rss'] / GIB, 3, higher=False, unit=' GiB',
                            digits=2))]
     gap = s.get('model_minus_hull', {})
     for v in (1, 2, 4):
+        status = 'not measured' if v not in gap else 'met' if gap[v] > 0 else f"missed by {-gap[v]:.3f} IoU"
         rows.append((f'quality: model beats visual hull, {v} view{"s" if v > 1 else ""}', 'model IoU > hull IoU',
                      None if v not in gap else f"{s['model_iou'][v]:.3f} vs {s['model_iou'][v] - gap[v]:.3f}",
-                     'met' if v in gap and gap[v] > 0 else (f"missed by {-gap[v]:.3f} IoU" if v in gap else 'not '
-                                                                                                            'measured')))
+                     status))
     rows.append(('quality: model near visual hull, 8 views', 'model IoU >= hull IoU - 0.05',
                  None if 8 not in gap else f"{s['model_iou'][8]:.3f} vs {s['model_iou'][8] - gap[8]:.3f}",
                  target_status(gap.get(8), -0.05, unit=' IoU')))
     rows.append(('quality: pose helps', '>= +0.05 IoU (mean over view counts)',
-                 None if s.get('pose_gain') is None else f"{s['pose_gain']:+.3f} ({s['pose_pair'][0]} vs "
-                                                         f"{s['pose_pair'][1]})",
+                 None if s.get('pose_gain') is None else
+                 f"{s['pose_gain']:+.3f} ({s['pose_pair'][0]} vs {s['pose_pair'][1]})",
                  target_status(s.get('pose_gain'), 0.05, unit=' IoU')))
     return [(t, g, '-' if m is None else m, st) for t, g, m, st in rows]
 
@@ -556,11 +576,13 @@ def md_table(header, rows) -> str:
 def paper_estimate(measured: dict, n_sequences=1470, frames_per_sequence=100, epochs=(1, 10, 100), train_frac=0.8,
                    val_frac=0.1,
                    gpu_tflops=19.5, gpu_efficiency=0.3, n_gpus=(1, 4, 8), gpu_scaling=0.9) -> str:
-    "Markdown: from the measured rates, the cost of preprocessing and training on the full CO3D chair category here, and with GPUs (assumed)"
+    """Markdown: from the measured rates, the cost of preprocessing and training on the full CO3D chair category here,
+    and with GPUs (assumed)"""
     tr, s = measured.get('train'), summary(measured)
     prow = (measured.get('pipeline') or {}).get('rows') or []
     prep = prow[-1]['preprocess'] if prow else None
-    frames, n_train, n_val = n_sequences * frames_per_sequence, round(n_sequences * train_frac), round(n_sequences * val_frac)
+    frames = n_sequences * frames_per_sequence
+    n_train, n_val = round(n_sequences * train_frac), round(n_sequences * val_frac)
     cores, ram = measured['machine'].get('cores') or 1, measured['machine'].get('ram_bytes')
     out = [f"CO3D chairs: {n_sequences:,} sequences x ~{frames_per_sequence} frames = {frames:,} frames; "
            f"{n_train:,} training and {n_val:,} validation sequences ({train_frac:.0%} / {val_frac:.0%}).\n"]
@@ -610,8 +632,8 @@ def paper_estimate(measured: dict, n_sequences=1470, frames_per_sequence=100, ep
                      f"workers); with this machine's "
                      f"{cores} cores at most ~{fmt_num(here)} samples/s, against {fmt_num(tr['samples_per_s'])} "
                      f"samples/s of training: "
-                     + ("training compute is the limit here." if here > tr['samples_per_s'] else "the loader is the "
-                                                                                                 "limit here."))
+                     + ("training compute is the limit here." if here > tr['samples_per_s']
+                        else "the loader is the limit here."))
         k_max = next((k for k in n_gpus if g1 * k * gpu_scaling ** math.log2(k) > here), None)
         first.append("With GPUs, compute stops being the limit and data loading becomes it "
                      + (f"from {k_max} GPU{'s' if k_max > 1 else ''} on if the loader has only {cores} cores "
@@ -674,8 +696,8 @@ def _headline_md(r, s) -> str:
                      f"{s['loader_multiple']:.0f}x training" if s.get('loader_multiple') else '-'))
     if s.get('train_rss'): rows.append(('training peak RSS', fmt_bytes(s['train_rss']), ''))
     if s.get('model_iou') and 4 in s['model_iou']:
-        rows.append((f"IoU at 4 views ({s['quality_run']})", f"{s['model_iou'][4]:.3f}",
-                     f"visual hull {s['model_iou'][4] - s['model_minus_hull'][4]:.3f}" if 4 in s['model_minus_hull'] else ''))
+        hull4 = f"visual hull {s['model_iou'][4] - s['model_minus_hull'][4]:.3f}" if 4 in s['model_minus_hull'] else ''
+        rows.append((f"IoU at 4 views ({s['quality_run']})", f"{s['model_iou'][4]:.3f}", hull4))
     return md_table(['', 'measured', 'relative'], rows) if rows else 'Nothing was measured.\n'
 
 def _train_md(r, s) -> str:
@@ -702,7 +724,7 @@ def _inference_md(r, s) -> str:
     if not i: return 'Not measured.\n'
     rows = [(x['num_views'], x['batch'], f"{x['ms_per_object']:.1f}", _at100(x['ms_per_object'], ref, time=True),
              f"{x['flops_per_object'] / 1e9:.2f}", f"{x['gflops']:.1f}",
-             f"{x['gflops'] / ref:.0%}" if ref else '-') for x in i['rows']]
+                 f"{x['gflops'] / ref:.0%}" if ref else '-') for x in i['rows']]
     mem = f"Peak RSS of the inference process: {fmt_bytes(i.get('peak_rss'))}"
     if i.get('cuda_peak_bytes') is not None: mem += f"; peak CUDA memory allocated: {fmt_bytes(i['cuda_peak_bytes'])}"
     return (f"An inference forward (encoder, generator, silhouette votes and refiner) at {i['image_size']} px, "
@@ -725,7 +747,7 @@ def _pipeline_md(r, s) -> str:
             rows.append((row['n_sequences'], row['render']['frames'], what, f"{fmt_num(x['frames_per_s'])} frames/s",
                          _at100(x['frames_per_s'], ref),
                          fmt_bytes(x['peak_rss']), fmt_bytes(x['peak_rss_workers'] or None),
-                         fmt_bytes(x.get('peak_rss_tree'))))
+                             fmt_bytes(x.get('peak_rss_tree'))))
         for ld in row['loader']:
             rows.append((row['n_sequences'], row['render']['frames'], f"load ({ld['workers']} workers)",
                          f"{fmt_num(ld['samples_per_s'])} samples/s",
@@ -758,8 +780,8 @@ def _quality_md(r) -> str:
     q = r.get('quality')
     if not q or not q.get('runs'):
         return ("No trained runs were given, so there are no quality numbers. Pass `--runs "
-                "\"label=<run>/checkpoints/best.pt;...\"` "
-                "and `--test_dir <processed root>` to compare trained models with the visual hull and the mean shape.\n")
+                "\"label=<run>/checkpoints/best.pt;...\"` and `--test_dir <processed root>` to compare trained models "
+                "with the visual hull and the mean shape.\n")
     views = sorted({v for e in q['runs'].values() for v in e['model']})
     cells = lambda pv: [f"{pv[v]['iou']:.3f} / {pv[v]['fscore']:.3f}" if v in pv else '-' for v in views]
     rows = [(label, *cells(e['model'])) for label, e in q['runs'].items()]
@@ -860,14 +882,15 @@ def bench_plan(quick=False, **overrides) -> BenchPlan:
     p = BenchPlan()
     if quick: p = replace(p, matmul_repeats=3, train_repeats=2, infer_repeats=2, infer_warmup=1, sizes=(4, 8), frames=6,
                           render_size=64, workers=1, loader_workers=(0,), loader_samples=64, max_objects=8,
-                          timeout=1200)
+                              timeout=1200)
     bad = set(overrides) - {f for f in BenchPlan.__dataclass_fields__}
     if bad: raise ConfigError(f"unknown benchmark plan field(s): {', '.join(sorted(bad))}")
     return replace(p, **overrides)
 
 # %% ../nbs/11_benchmarks.ipynb #ec72253a
 def check_run(label, path, test_dir, views='1,2,4,8', split='test', category='chair'):
-    "Check that checkpoint `path` loads and fits the packed `split` of `test_dir` (image size, grid, enough frames for `views`)"
+    """Check that checkpoint `path` loads and fits the packed `split` of `test_dir` (image size, grid, enough frames
+    for `views`)"""
     from sparse3d.train import load_checkpoint, checkpoint_config
     from sparse3d.evaluate import parse_views
     cfg = checkpoint_config(load_checkpoint(path), path)
@@ -887,19 +910,22 @@ def check_run(label, path, test_dir, views='1,2,4,8', split='test', category='ch
 
 def check_bench_args(output=None, runs=None, test_dir=None, threads=None, views='1,2,4,8', split='test',
                      category='chair') -> dict:
-    "Parsed `runs`, checked against `test_dir`, `threads` and `output`; a `ConfigError`/`DataError` naming the problem otherwise"
+    """Parsed `runs`, checked against `test_dir`, `threads` and `output`; a `ConfigError`/`DataError` naming the
+    problem otherwise"""
     parsed = parse_runs(runs)
     if threads is not None and int(threads) < 1: raise ConfigError(f"--threads must be >= 1, got {threads}.")
     if parsed:
-        if test_dir is None: raise ConfigError("--runs needs --test_dir: the processed root (from sparse3d_preprocess) "
-                                               "whose test split the runs are evaluated on.")
+        if test_dir is None:
+            raise ConfigError("--runs needs --test_dir: the processed root (from sparse3d_preprocess) whose test split "
+                              "the runs are evaluated on.")
         for label, path in parsed.items(): check_run(label, path, test_dir, views, split, category)
-    elif test_dir is not None: raise ConfigError("--test_dir is only used with --runs (the checkpoints to evaluate); "
-                                                 "give both, or neither.")
+    elif test_dir is not None:
+        raise ConfigError("--test_dir is only used with --runs (the checkpoints to evaluate); give both, or neither.")
     if output is not None:
         out = Path(output)
-        if out.is_dir(): raise ConfigError(f"{quoted(out)}: --output is a folder; give a file name, e.g. "
-                                           f"{quoted(out/'BENCHMARKS.md')}.")
+        if out.is_dir():
+            raise ConfigError(f"{quoted(out)}: --output is a folder; give a file name, e.g. "
+                              f"{quoted(out/'BENCHMARKS.md')}.")
         if out.parent.exists() and not os.access(out.parent, os.W_OK):
             raise ConfigError(f"{quoted(out.parent)}: not writable; choose another --output.")
     return parsed
@@ -908,7 +934,8 @@ def check_bench_args(output=None, runs=None, test_dir=None, threads=None, views=
 def run_benchmarks(quick=False, runs=None, test_dir=None, threads=None, device='cpu', work_dir=None, command=None,
                    log=None,
                    plan: Optional[BenchPlan] = None) -> dict:
-    "Run every benchmark (training, inference, data pipeline, quality of `runs`) and return the results `benchmarks_markdown` writes up"
+    """Run every benchmark (training, inference, data pipeline, quality of `runs`) and return the results
+    `benchmarks_markdown` writes up"""
     plan = plan or bench_plan(quick)
     runs = check_bench_args(None, runs, test_dir, threads, plan.views)
     t_start = time.perf_counter()
@@ -919,7 +946,7 @@ def run_benchmarks(quick=False, runs=None, test_dir=None, threads=None, device='
     res = dict(machine=machine_info(), created=datetime.now(timezone.utc).isoformat(timespec='seconds'),
                quick=bool(quick),
                command=command or f"run_benchmarks(quick={quick})", threads=torch.get_num_threads(), device=dev,
-               plan=asdict(plan))
+                   plan=asdict(plan))
     say(f"reference: fp32 matmul, n={plan.matmul_n}")
     start = matmul_gflops(plan.matmul_n, plan.matmul_repeats, device=dev)
     kw = dict(threads=res['threads'], timeout=plan.timeout)
@@ -931,18 +958,14 @@ def run_benchmarks(quick=False, runs=None, test_dir=None, threads=None, device='
                              device=dev)
     say(f"inference at {plan.image_size} px, views {plan.infer_views}, batches {plan.infer_batches}")
     res['inference'] = run_child('inference_benchmark', **kw, views=plan.infer_views, batches=plan.infer_batches,
-                                 image_size=plan.image_size,
-                                 cube_len=plan.cube_len, repeats=plan.infer_repeats, warmup=plan.infer_warmup,
-                                 device=dev)
+                                 image_size=plan.image_size, cube_len=plan.cube_len, repeats=plan.infer_repeats,
+                                 warmup=plan.infer_warmup, device=dev)
     with tempfile.TemporaryDirectory(prefix='sparse3d_bench_', dir=work_dir) as wd:
         res['pipeline'] = pipeline_benchmark(wd, plan.sizes, plan.frames, plan.render_size, plan.image_size,
-                                             plan.cube_len, plan.workers,
-                                             plan.loader_workers, plan.num_views, plan.batch_size, plan.loader_samples,
-                                             plan.loader_repeats,
-                                             log=say, **kw)
+                                             plan.cube_len, plan.workers, plan.loader_workers, plan.num_views,
+                                             plan.batch_size, plan.loader_samples, plan.loader_repeats, log=say, **kw)
         res['quality'] = quality_benchmark(runs, test_dir, Path(wd)/'eval', plan.views, max_objects=plan.max_objects,
-                                           device=dev,
-                                           threads=res['threads'], log=say) if runs else None
+                                           device=dev, threads=res['threads'], log=say) if runs else None
     say("reference again")
     end = matmul_gflops(plan.matmul_n, plan.matmul_repeats, device=dev)
     res['reference'] = dict(gflops=(start + end) / 2, start=start, end=end, n=plan.matmul_n,
@@ -976,7 +999,8 @@ def bench_cli(output:str='BENCHMARKS.md', # the markdown file to write (atomical
               device:str='cpu', # cpu, auto, cuda or cuda:N (training and inference)
               json_path:str=None, # also write every measured number as JSON to this file
               work_dir:str=None): # where the temporary datasets go (default: the system's temporary folder)
-    "Benchmark training, inference, data loading, preprocessing and rendering speed and memory, and the quality of trained runs; write BENCHMARKS.md"
+    """Benchmark training, inference, data loading, preprocessing and rendering speed and memory, and the quality of
+    trained runs; write BENCHMARKS.md"""
     with cli_errors('sparse3d_bench'):
         parsed = check_bench_args(output, runs, test_dir, threads, bench_plan(quick).views)
         if json_path is not None and Path(json_path).is_dir():

@@ -67,7 +67,8 @@ def rle_encode(flat) -> bytes:
     return np.stack([values, counts], 1).astype(np.uint8).tobytes()
 
 def rle_decode(data: bytes, size: int, source='data') -> np.ndarray:
-    "The 0/1 vector of length `size` coded by binvox run-length bytes `data`; `DataError` naming `source` (printed as is) if corrupt"
+    """The 0/1 vector of length `size` coded by binvox run-length bytes `data`; `DataError` naming `source` (printed as
+    is) if corrupt"""
     raw = np.frombuffer(data, np.uint8)
     if raw.size % 2:
         raise DataError(f"{source}: binvox data is truncated (odd number of run-length bytes). Re-create the file.")
@@ -140,8 +141,8 @@ def read_binvox(path) -> VoxelGrid:
         raise DataError(f"{quoted(path)}: is {'a folder' if path.is_dir() else 'not a regular file'}, expected a "
                         f".binvox file.")
     try: raw = path.read_bytes()
-    except FileNotFoundError: raise DataError(f"{quoted(path)}: voxel file not found. Check the path, or re-run "
-                                              f"preprocessing.") from None
+    except FileNotFoundError:
+        raise DataError(f"{quoted(path)}: voxel file not found. Check the path, or re-run preprocessing.") from None
     except (OSError, ValueError) as e:
         raise DataError(f"{quoted(path)}: cannot read this voxel file ({getattr(e, 'strerror', None) or e}).") from None
     source = quoted(path)                              # how messages name the file: safe to print

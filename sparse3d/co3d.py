@@ -97,15 +97,13 @@ def _get(d, keys, typ, where, required=True):
             return None
         v = v[k]
     ok = isinstance(v, typ) and not isinstance(v, bool) if typ is not bool else isinstance(v, bool)
-    if not ok: raise DataError(f"{where}: '{'.'.join(keys)}' should be {getattr(typ, '__name__', typ)}, got "
-                               f"{type(v).__name__} {quoted(v)}.")
-    if isinstance(v,
-                  float) and not math.isfinite(v): raise DataError(f"{where}: '{'.'.join(keys)}' is {v}, not a finite "
-                                                                   f"number.")
-    if isinstance(v,
-                  int) and not -2 ** 63 <= v < 2 ** 63: raise DataError(f"{where}: '{'.'.join(keys)}' is a "
-                                                                        f"{len(str(abs(v)))}-digit integer, far too "
-                                                                        f"large.")
+    if not ok:
+        raise DataError(f"{where}: '{'.'.join(keys)}' should be {getattr(typ, '__name__', typ)}, got "
+                        f"{type(v).__name__} {quoted(v)}.")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise DataError(f"{where}: '{'.'.join(keys)}' is {v}, not a finite number.")
+    if isinstance(v, int) and not -2 ** 63 <= v < 2 ** 63:
+        raise DataError(f"{where}: '{'.'.join(keys)}' is a {len(str(abs(v)))}-digit integer, far too large.")
     return v
 
 def _matrix(v, shape, name, where):
@@ -120,8 +118,8 @@ def checked_viewpoint(d, where):
     "A checked copy of the viewpoint of frame annotation `d` (a dict with a `viewpoint`); `where` names it in errors"
     vp = _get(d, ['viewpoint'], dict, where)
     fmt = vp.get('intrinsics_format') or 'ndc_norm_image_bounds'
-    if fmt not in INTRINSICS_FORMATS: raise DataError(f"{where}: unknown intrinsics_format {quoted(fmt)}; expected one "
-                                                      f"of {INTRINSICS_FORMATS}.")
+    if fmt not in INTRINSICS_FORMATS:
+        raise DataError(f"{where}: unknown intrinsics_format {quoted(fmt)}; expected one of {INTRINSICS_FORMATS}.")
     R = _matrix(vp.get('R'), (3, 3), 'R', where)
     off = np.abs(R @ R.T - np.eye(3)).max()                   # a determinant of 1 is not enough: diag(2, 0.5, 1)
     if off > 1e-3:
@@ -130,8 +128,8 @@ def checked_viewpoint(d, where):
                focal_length=_matrix(vp.get('focal_length'), (2,), 'focal_length', where).tolist(),
                principal_point=_matrix(vp.get('principal_point'), (2,), 'principal_point', where).tolist(),
                intrinsics_format=fmt)
-    if min(out['focal_length']) <= 0: raise DataError(f"{where}: 'viewpoint.focal_length' must be positive, got "
-                                                      f"{out['focal_length']}.")
+    if min(out['focal_length']) <= 0:
+        raise DataError(f"{where}: 'viewpoint.focal_length' must be positive, got {out['focal_length']}.")
     # NDC units: a few; in pixels K would overflow
     if max(map(abs, out['focal_length'] + out['principal_point'])) > 1e6:
         raise DataError(f"{where}: 'viewpoint.focal_length' and 'principal_point' are in NDC units (a few), got "
@@ -196,8 +194,9 @@ def _regular_file(path, what, todo='Check the dataset root, or re-download the s
     except (OSError, ValueError) as e:                     # ValueError: a name the file system cannot encode
         raise DataError(f"{quoted(path)}: cannot read this {what} ({getattr(e, 'strerror', None) or e}).") from None
     if stat.S_ISDIR(mode): raise DataError(f"{quoted(path)}: is a folder, expected a {what}.")
-    if not stat.S_ISREG(mode): raise DataError(f"{quoted(path)}: not a regular file (a FIFO, socket or device), "
-                                               f"expected a {what}. Refusing to read it.")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{quoted(path)}: not a regular file (a FIFO, socket or device), expected a {what}. Refusing "
+                        f"to read it.")
     return path
 
 def load_json(path):
@@ -228,9 +227,8 @@ save_jgz = save_json
 def _load_list(path, parse):
     "Records of the JSON list in `path`, each parsed by `parse(record, where)`"
     data = load_json(path)
-    if not isinstance(data,
-                      list): raise DataError(f"{quoted(path)}: expected a JSON list of annotations, got "
-                                             f"{type(data).__name__}.")
+    if not isinstance(data, list):
+        raise DataError(f"{quoted(path)}: expected a JSON list of annotations, got {type(data).__name__}.")
     return [parse(d, f"{quoted(path)} [record {i}]") for i, d in enumerate(data)]
 
 def load_frame_annotations(path) -> list:
@@ -248,8 +246,9 @@ def resolve_in_root(root, rel, what='path') -> Path:
     if not isinstance(rel, str) or not rel or '\x00' in rel:
         raise DataError(f"{quoted(root)}: invalid {what} {quoted(rel)} in the annotations.")
     p = Path(rel)
-    if p.is_absolute() or p.drive: raise DataError(f"{quoted(root)}: {what} {quoted(rel)} is absolute; annotation "
-                                                   f"paths must be relative to the dataset root. Refusing to follow it.")
+    if p.is_absolute() or p.drive:
+        raise DataError(f"{quoted(root)}: {what} {quoted(rel)} is absolute; annotation paths must be relative to the "
+                        f"dataset root. Refusing to follow it.")
     try: full = (root/p).resolve()
     except (OSError, RuntimeError, ValueError) as e:        # a symlink loop, a name the file system cannot encode
         raise DataError(f"{quoted(root)}: {what} {quoted(rel)} cannot be resolved ({e}).") from None
@@ -340,8 +339,8 @@ def _check_ply(path):
         with open(path, 'rb') as f: head = f.read(4096)
     except OSError as e: raise DataError(f"{quoted(path)}: cannot read this point cloud ({e.strerror or e}).") from None
     end = head.find(b'end_header\n')
-    if not head.startswith(b'ply') or end < 0: raise DataError(f"{quoted(path)}: not a PLY file (or its header is "
-                                                               f"cut). Re-download or regenerate it.")
+    if not head.startswith(b'ply') or end < 0:
+        raise DataError(f"{quoted(path)}: not a PLY file (or its header is cut). Re-download or regenerate it.")
     fmt, elements = None, []
     for line in head[:end].decode('ascii', 'replace').splitlines()[1:]:
         p = line.split()
@@ -349,13 +348,16 @@ def _check_ply(path):
         if p[0] == 'format' and len(p) == 3 and p[1] in _PLY_FORMATS and p[2] == '1.0': fmt = p[1]
         elif p[0] == 'element' and len(p) == 3 and p[2].isdigit(): elements.append([p[1], int(p[2]), []])
         elif p[0] == 'property' and elements and len(p) == 5 and p[1] == 'list': elements[-1][2].append((p[4], None))
-        elif p[0] == 'property' and elements and len(p) == 3 and p[1] in _PLY_TYPES: elements[-1][2].append((p[2], _PLY_TYPES[p[1]]))
-        else: raise DataError(f"{quoted(path)}: PLY header line {quoted(line, 60)} is not valid (or not supported). "
-                              f"Re-download or regenerate the file.")
-    if fmt is None: raise DataError(f"{quoted(path)}: PLY header has no valid 'format' line (ascii, "
-                                    f"binary_little_endian or binary_big_endian 1.0).")
-    if [e[0] for e in elements].count('vertex') != 1: raise DataError(f"{quoted(path)}: PLY file has no vertex element "
-                                                                      f"(or several).")
+        elif p[0] == 'property' and elements and len(p) == 3 and p[1] in _PLY_TYPES:
+            elements[-1][2].append((p[2], _PLY_TYPES[p[1]]))
+        else:
+            raise DataError(f"{quoted(path)}: PLY header line {quoted(line, 60)} is not valid (or not supported). "
+                            f"Re-download or regenerate the file.")
+    if fmt is None:
+        raise DataError(f"{quoted(path)}: PLY header has no valid 'format' line (ascii, binary_little_endian or "
+                        f"binary_big_endian 1.0).")
+    if [e[0] for e in elements].count('vertex') != 1:
+        raise DataError(f"{quoted(path)}: PLY file has no vertex element (or several).")
     return fmt, elements, end + len(b'end_header\n')
 
 def _ply_vertices(path):
@@ -381,14 +383,13 @@ def _ply_vertices(path):
             raise DataError(f"{quoted(path)}: PLY file is corrupt (a vertex line does not have {len(props)} values). "
                             f"Re-download or regenerate it.")
         try: table = np.array([tuple(map(float, r)) for r in rows], [(q, 'f8') for q in names])
-        except (ValueError,
-                OverflowError) as e: raise DataError(f"{quoted(path)}: PLY file is corrupt ({e}). Re-download or "
-                                                     f"regenerate it.") from None
+        except (ValueError, OverflowError) as e:
+            raise DataError(f"{quoted(path)}: PLY file is corrupt ({e}). Re-download or regenerate it.") from None
         return table
     for name, _, ps in elements[:v]:
-        if any(t is None for _,
-               t in ps): raise DataError(f"{quoted(path)}: PLY element {quoted(name)} with list properties before the "
-                                         f"vertices is not supported.")
+        if any(t is None for _, t in ps):
+            raise DataError(f"{quoted(path)}: PLY element {quoted(name)} with list properties before the vertices is "
+                            f"not supported.")
     start = offset + sum(c * dtype(ps).itemsize for _, c, ps in elements[:v])
     need = start + n * dtype(props).itemsize
     if size < need:
@@ -397,8 +398,9 @@ def _ply_vertices(path):
     rest = elements[v + 1:]
     if all(t is not None for _, _, ps in rest for _, t in ps):          # no lists after the vertices: the size is known
         total = need + sum(c * dtype(ps).itemsize for _, c, ps in rest)
-        if size != total: raise DataError(f"{quoted(path)}: PLY file is corrupt ({size} bytes, its header says "
-                                          f"{total}). Re-download or regenerate it.")
+        if size != total:
+            raise DataError(f"{quoted(path)}: PLY file is corrupt ({size} bytes, its header says {total}). Re-download "
+                            f"or regenerate it.")
     return np.fromfile(path, dtype(props), count=n, offset=start)
 
 # %% ../nbs/02_co3d.ipynb #cf2d8987
@@ -408,8 +410,8 @@ def load_pointcloud(path):
     t = _ply_vertices(path)
     cols = lambda *ks: np.stack([t[k] for k in ks], 1) if all(k in t.dtype.names for k in ks) else None
     xyz = cols('x', 'y', 'z').astype(np.float32).reshape(-1, 3)
-    if not np.all(np.isfinite(xyz)): raise DataError(f"{quoted(path)}: point cloud has non-finite coordinates. "
-                                                     f"Re-download or regenerate it.")
+    if not np.all(np.isfinite(xyz)):
+        raise DataError(f"{quoted(path)}: point cloud has non-finite coordinates. Re-download or regenerate it.")
     normals = cols('nx', 'ny', 'nz')
     c = cols('red', 'green', 'blue')
     if c is not None: c = np.clip(c, 0, 255) if c.dtype.kind in 'iu' else np.clip(np.nan_to_num(c), 0, 1) * 255 + 0.5
@@ -438,8 +440,9 @@ def save_pointcloud(path, xyz, normals=None, rgb=None):
 def list_categories(root) -> list:
     "Categories under CO3D root `root`: the folders holding a `frame_annotations.jgz`"
     root = Path(root)
-    if not root.is_dir(): raise DataError(f"{quoted(root)}: dataset root not found (or not a folder). Point "
-                                          f"--input_dir at a CO3D download or a `sparse3d_synth` output.")
+    if not root.is_dir():
+        raise DataError(f"{quoted(root)}: dataset root not found (or not a folder). Point --input_dir at a CO3D "
+                        f"download or a `sparse3d_synth` output.")
     return sorted(p.parent.name for p in root.glob('*/frame_annotations.jgz'))
 
 def _file_name(s) -> bool:
@@ -451,8 +454,8 @@ def load_subsets(root) -> dict:
     p = Path(root)/'category_to_subset_name_list.json'
     if not p.exists(): return {}
     d = load_json(p)
-    if not isinstance(d,
-                      dict): raise DataError(f"{quoted(p)}: expected a JSON object mapping categories to subset names.")
+    if not isinstance(d, dict):
+        raise DataError(f"{quoted(p)}: expected a JSON object mapping categories to subset names.")
     for cat, names in d.items():          # a subset name becomes part of a path: set_lists/set_lists_<name>.json
         if not isinstance(names, list) or not all(_file_name(n) for n in names):
             raise DataError(f"{quoted(p)}: the subsets of {quoted(cat)} must be a list of plain names (no '/', '..'), "
@@ -468,8 +471,9 @@ def load_set_list(root, category, subset=None) -> dict:
     out = {}
     for split, entries in d.items():
         if not isinstance(entries, list): raise DataError(f"{quoted(p)}: split {quoted(split)} should be a list.")
-        if not all(isinstance(e, list) and len(e) == 3 and isinstance(e[0],
-                                                                      str) and type(e[1]) is int and isinstance(e[2], str) for e in entries):
+        well_formed = lambda e: (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and type(e[1]) is int
+                                 and isinstance(e[2], str))
+        if not all(well_formed(e) for e in entries):
             raise DataError(f"{quoted(p)}: split {quoted(split)} entries must be [sequence_name, frame_number, "
                             f"image_path].")
         out[split] = [tuple(e) for e in entries]

@@ -21,8 +21,8 @@ from .preprocess import PACKED_SPLITS
 def packed_dir(root, split, category='chair') -> Path:
     "Folder of the packed arrays of `split`, checked"
     base = Path(root)/category/'packed'
-    if split not in PACKED_SPLITS: raise DataError(f"unknown split {quoted(split)}; use one of "
-                                                   f"{', '.join(PACKED_SPLITS)}.")
+    if split not in PACKED_SPLITS:
+        raise DataError(f"unknown split {quoted(split)}; use one of {', '.join(PACKED_SPLITS)}.")
     d = base/split
     if not (d/'index.json').exists():
         have = sorted(p.name for p in base.glob('*') if (p/'index.json').exists()) if base.exists() else []
@@ -45,9 +45,8 @@ class MultiViewDataset(Dataset):
         self.names = list(self.index['sequences'])
         self.split, self.num_views, self.seed, self.apply_mask = split, int(num_views), seed, apply_mask
         self.train = (split == 'train') if train is None else train
-        if voxel_frame not in ('world',
-                               'view'): raise ConfigError(f"voxel_frame must be 'world' or 'view', got "
-                                                          f"{quoted(voxel_frame)}")
+        if voxel_frame not in ('world', 'view'):
+            raise ConfigError(f"voxel_frame must be 'world' or 'view', got {quoted(voxel_frame)}")
         self.voxel_frame, self.epoch = voxel_frame, 0
         self.S, self.D = self.index['image_size'], self.index['cube_len']
         if image_size is not None and image_size != self.S:

@@ -77,8 +77,8 @@ def _input_kind(d: Path, category) -> str:
         raise DataError(f"{quoted(d)}: --test_dir not found. Give a processed root (from sparse3d_preprocess) or a "
                         f"folder of "
                         "photos.")
-    if not d.is_dir(): raise DataError(f"{quoted(d)}: --test_dir is a file; give a processed root or a folder of "
-                                       f"photos.")
+    if not d.is_dir():
+        raise DataError(f"{quoted(d)}: --test_dir is a file; give a processed root or a folder of photos.")
     if (d/category/'packed').is_dir(): return 'processed'
     if (d/category/'frame_annotations.jgz').exists():
         raise DataError(f"{quoted(d)}: a CO3D root that is not preprocessed "
@@ -265,8 +265,8 @@ def _open_datasets(root, split, views, cfg, category, seed) -> dict:
                         f"Preprocess the test data with --image_size {cfg.image_size}.")
     dss = {v: MultiViewDataset(root, split, v, category, train=False, seed=seed, apply_mask=cfg.apply_mask,
                                voxel_frame=cfg.voxel_frame) for v in views}
-    if not len(dss[views[0]]): raise DataError(f"{quoted(d)}: the {quoted(split)} split has no objects; choose another "
-                                               f"--split.")
+    if not len(dss[views[0]]):
+        raise DataError(f"{quoted(d)}: the {quoted(split)} split has no objects; choose another --split.")
     return dss
 
 def _main_views(views, num_views, cfg) -> int:

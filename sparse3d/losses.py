@@ -30,8 +30,8 @@ def weighted_bce(logits, target, pos_weight: Optional[float] = None, clamp=(1., 
     "BCE-with-logits, mean over cells, occupied cells weighted by `pos_weight` (None: `batch_pos_weight`)"
     _check_grids(logits, target)
     logits, target = logits.float(), target.float()
-    w = batch_pos_weight(target, *clamp) if pos_weight is None else torch.tensor(float(pos_weight),
-                                                                                 device=logits.device)
+    w = batch_pos_weight(target,
+                         *clamp) if pos_weight is None else torch.tensor(float(pos_weight), device=logits.device)
     return F.binary_cross_entropy_with_logits(logits, target, pos_weight=w)
 
 def soft_dice_loss(logits, target, eps: float = 1.):
@@ -91,7 +91,7 @@ def vae_gan_loss(out, target, d_recon, d_prior, step: int, total_steps: int, cfg
     w = kl_weight(step, total_steps, cfg, interp)
     terms['kl_weight'] = torch.tensor(w, device=terms['kl'].device)
     has_adv = d_recon is not None or d_prior is not None
-    terms['adv'] = generator_adv_loss(*[d for d in (d_recon,
-                                                    d_prior) if d is not None]) if has_adv else terms['kl'].new_zeros(())
+    critic_logits = [d for d in (d_recon, d_prior) if d is not None]
+    terms['adv'] = generator_adv_loss(*critic_logits) if has_adv else terms['kl'].new_zeros(())
     terms['total'] = terms['recon'] + w * terms['kl'] + cfg.adv_weight * terms['adv']
     return terms

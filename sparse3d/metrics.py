@@ -208,8 +208,8 @@ def _as_surface(x, threshold, n_points, seed, extent, name):
 def surface_metrics(pred, target, threshold=0.5, tau=TAU, n_points=N_POINTS, seed=0, distance='mesh',
                     extent=0.5) -> dict:
     "F-score at `tau`, precision, recall, Chamfer-L1 of the surfaces of `pred >= threshold` and `target` (or Surfaces)"
-    if distance not in ('mesh',
-                        'points'): raise ConfigError(f"distance must be 'mesh' or 'points', got {quoted(distance)}.")
+    if distance not in ('mesh', 'points'):
+        raise ConfigError(f"distance must be 'mesh' or 'points', got {quoted(distance)}.")
     if not tau > 0: raise ConfigError(f"tau must be > 0, got {quoted(tau)}.")
     if not isinstance(pred, Surface) and not isinstance(target, Surface): _pair(pred, target)   # same shape
     ps = _as_surface(pred, threshold, n_points, seed, extent, 'prediction')
