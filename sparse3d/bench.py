@@ -882,7 +882,7 @@ def bench_plan(quick=False, **overrides) -> BenchPlan:
     p = BenchPlan()
     if quick: p = replace(p, matmul_repeats=3, train_repeats=2, infer_repeats=2, infer_warmup=1, sizes=(4, 8), frames=6,
                           render_size=64, workers=1, loader_workers=(0,), loader_samples=64, max_objects=8,
-                              timeout=1200)
+                          timeout=1200)
     bad = set(overrides) - {f for f in BenchPlan.__dataclass_fields__}
     if bad: raise ConfigError(f"unknown benchmark plan field(s): {', '.join(sorted(bad))}")
     return replace(p, **overrides)

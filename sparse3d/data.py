@@ -38,8 +38,8 @@ class MultiViewDataset(Dataset):
         self.dir = packed_dir(root, split, category)
         from sparse3d.co3d import load_json
         self.index = load_json(self.dir/'index.json')
-        if not isinstance(self.index,
-                          dict) or not all(k in self.index for k in ('sequences', 'image_size', 'cube_len')):
+        keys = ('sequences', 'image_size', 'cube_len')
+        if not isinstance(self.index, dict) or not all(k in self.index for k in keys):
             raise DataError(f"{quoted(self.dir/'index.json')}: not the index of a packed split. Re-run sparse3d_split "
                             f"to repack.")
         self.names = list(self.index['sequences'])

@@ -30,8 +30,8 @@ def weighted_bce(logits, target, pos_weight: Optional[float] = None, clamp=(1., 
     "BCE-with-logits, mean over cells, occupied cells weighted by `pos_weight` (None: `batch_pos_weight`)"
     _check_grids(logits, target)
     logits, target = logits.float(), target.float()
-    w = batch_pos_weight(target,
-                         *clamp) if pos_weight is None else torch.tensor(float(pos_weight), device=logits.device)
+    if pos_weight is None: w = batch_pos_weight(target, *clamp)
+    else: w = torch.tensor(float(pos_weight), device=logits.device)
     return F.binary_cross_entropy_with_logits(logits, target, pos_weight=w)
 
 def soft_dice_loss(logits, target, eps: float = 1.):
