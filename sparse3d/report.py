@@ -70,7 +70,8 @@ def camera_up(R, t) -> np.ndarray:
     level = up - across.T @ (across @ up)                      # the centres spread horizontally: up is normal to that
     if np.linalg.norm(level) > 0.2 * np.linalg.norm(up): up = level
     n = np.linalg.norm(up)
-    if n < 1e-9: raise ValueError("the cameras' image-up vectors cancel out: no up can be derived from them")
+    if n < 1e-9: raise ValueError("camera_up: the image-up vectors of the cameras R cancel out and their centres do "
+                                  "not spread: no up can be derived; pass the cameras of an orbit around the object")
     return up / n
 
 def level_rotation(R, t, first=0) -> np.ndarray:
@@ -110,10 +111,11 @@ def pick_examples(rows, n) -> list:
 # %% ../nbs/09d_report.ipynb #96fa7c8b
 def grid_rotation(R, t, first=0, voxel_frame='world') -> np.ndarray:
     """`level_rotation` of the world cameras `R`, `t` for a grid in `voxel_frame`: the world's axes, or (`'view'`)
-    those of camera `first`"""
+    those of camera `first`; camera `first`'s own rotation when the cameras give no up"""
     R = np.asarray(R, np.float64).reshape(-1, 3, 3)
     if voxel_frame == 'view': R = R @ R[first].T               # the cameras in the axes of camera `first`
-    return level_rotation(R, t, first)
+    try: return level_rotation(R, t, first)
+    except ValueError: return R[first]                         # no up to be had: the camera's own axes, as they are
 
 def first_rotation(ds, s) -> np.ndarray:
     "The rotation `to_picture` needs for sample `s` of `ds`: its first view levelled by all the cameras of its sequence"
