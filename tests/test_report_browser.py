@@ -153,6 +153,10 @@ def test_report_in_chromium(reports, kind, tmp_path):
                 slider.press(key)
                 states[key] = view_state(frame)
                 shares[key] = shoot(page, iframe, frame, tmp_path/f'frame_{key}.png')
+            sweep = []
+            for _ in range(int(slider.get_attribute('max')) + 1):            # every step, from the top down
+                sweep.append(view_state(frame))
+                slider.press('ArrowLeft')
             page.screenshot(path=str(shot), full_page=True)
             page.set_viewport_size(dict(width=390, height=844))                # a phone held upright
             page.wait_for_timeout(200)
@@ -187,6 +191,9 @@ def test_report_in_chromium(reports, kind, tmp_path):
     test_range = (min(0.1, report_threshold), max(0.9, report_threshold))         # every tenth, and the report's
     assert (lo['threshold'], hi['threshold']) == test_range, (lo, hi)
     assert cells(lo['legend']) >= cells(hi['legend']), (lo, hi)
+    ts, ns = [st['threshold'] for st in sweep], [cells(st['legend']) for st in sweep]
+    assert ts == sorted(ts, reverse=True) and len(set(ts)) == len(ts) and ts[-1] == lo['threshold'], ts
+    assert ns == sorted(ns), f'cells at thresholds {ts}: {ns}, not more at a lower threshold'
     assert shares['Home']['drawn'] > 0.01, f'nothing drawn at the lowest threshold: {shares["Home"]} ({tmp_path})'
     if cells(lo['legend']) > cells(hi['legend']):                                 # more cells, more pixels
         assert shares['Home']['drawn'] > shares['End']['drawn'], (shares['Home'], shares['End'], lo, hi)
