@@ -34,7 +34,7 @@ from .baselines import METHODS, MeanShape, evaluate_baselines, mean_shape
 from .photos import IMAGE_SUFFIXES, _image_files, find_photos, photo_sample
 from .report import REPORT_NAME, SNAPSHOT_NAME, results_table, write_report, write_snapshot
 from .report import examples_figure, fig_to_uri, first_rotation, iou_figure, pick_examples, picture_grids
-from .report import plot_photo_views
+from .report import photo_rotation, plot_photo_views
 
 # %% ../nbs/09e_evaluate.ipynb #85bcffc8
 def load_trained(model_path, device='cpu', use_pose=None) -> tuple:
@@ -282,8 +282,7 @@ def _processed_figures(req: EvalRequest, ds, rows, probs, means, views, main) ->
     figures = dict(iou=iou_figure(means, views), examples=examples_figure(ds, picks, probs, req.threshold))
     label, i = next((p for p in picks if p[0] == 'median'), picks[0])
     s = ds[i]
-    gt_pic, pred_pic = picture_grids([s['voxels'].numpy(), probs[i]], first_rotation(ds, s), [0.5, req.threshold])
-    write_snapshot(req.output_dir, pred_pic, gt_pic, req.threshold)
+    write_snapshot(req.output_dir, probs[i], s['voxels'].numpy(), req.threshold, first_rotation(ds, s))
     row = next(r for r in model_rows if r['id'] == s['id'])
     return figures, dict(label=label, id=s['id'], iou=row['iou'], fscore=row['fscore'])
 
@@ -367,7 +366,7 @@ def _run_photos(req: EvalRequest, model) -> dict:
     pics = dict(zip(views, picture_grids([grids[v] for v in views], R0, req.threshold)))
     fig = plot_photo_views(sample['images'], {f'prediction, {v} view{"s" if v > 1 else ""}': pics[v] for v in views},
                            req.threshold, names=sample['names'])
-    write_snapshot(req.output_dir, pics[main], None, req.threshold)
+    write_snapshot(req.output_dir, grids[main], None, req.threshold, photo_rotation(sample, cfg))
     used = 'used' if cfg.use_pose else ('given but not used (the model takes none)' if n_posed else 'none')
     return dict(data=dict(folder=str(folder), n_photos=len(photos), poses=used), views=views, main_views=main, means={},
                 predictions=preds, inputs=_photo_inputs(sample), rows=preds, warnings=notes,
