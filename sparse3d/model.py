@@ -283,7 +283,7 @@ def refine_logits(refiner, logits, cameras, cfg: Config):
     with torch.no_grad(): votes = camera_votes(cameras, cfg)
     return refiner(logits, votes)
 
-# %% ../nbs/06_model.ipynb #062c6088
+# %% ../nbs/06_model.ipynb #1af523e3
 LIFT_TAPS = (1, 3)        # the view CNN's layers whose maps are lifted: 1/4 and 1/8 of the image side
 
 def ray_geometry(points, R, t, z):
@@ -309,12 +309,25 @@ def fuse_views(x):
     mean = x.mean(1)
     return torch.cat([mean, x.amax(1), (x - mean[:, None]).pow(2).mean(1)], 1)
 
-# %% ../nbs/06_model.ipynb #ce460793
+# %% ../nbs/06_model.ipynb #1b85e1d2
+def _upsample(y, size):
+    "Trilinear resize of `y` `[B, C, d, h, w]` to `size`, in channels-last layout (some 10x faster on a CPU)"
+    y = F.interpolate(y.contiguous(memory_format=torch.channels_last_3d), size=size, mode='trilinear',
+                      align_corners=False)
+    return y.contiguous()
+
+class _Pointwise(nn.Linear):
+    """1x1x1 convolution `[B, C, ...] -> [B, C', ...]` as a matrix product: at 32^3 with a few channels it is several
+    times faster on a CPU than either 3D convolution kernel (PyTorch's or oneDNN's), forward and backward"""
+    def forward(self, x):
+        y = torch.einsum('oc,bc...->bo...', self.weight.to(x.dtype), x)
+        return y if self.bias is None else y + self.bias.to(x.dtype).view(1, -1, *[1] * (x.ndim - 2))
+
 class LiftedDecoder(nn.Module):
     """Occupancy logits `[B, D, D, D]` from the view CNN's `maps` (one per tap), the generator's `logits`, the code `z`
     and the `cameras`: the maps lifted into a `(D/2)^3` grid and fused over the views, decoded by a 3D U-Net"""
     def __init__(self, map_channels=(64, 128), z_size: int = 128, voxel_frame: str = 'world', taps=LIFT_TAPS,
-                 channels: int = 16, unet=(24, 48), full: int = 16):
+                 channels: int = 16, unet=(24, 48), full: int = 8):
         super().__init__()
         if len(map_channels) != len(taps):
             raise ValueError(f"one map per tap: {len(taps)} taps, {len(map_channels)} map_channels")
@@ -326,8 +339,10 @@ class LiftedDecoder(nn.Module):
         self.down, self.mid = _conv3d(a, b, 2), _conv3d(b, b)
         self.code = nn.Linear(z_size, b)                         # the global code, broadcast over the bottleneck
         self.up = _conv3d(a + b, a, k=1)
-        self.full = nn.Sequential(nn.Conv3d(a + 3, full, 1), nn.LeakyReLU(0.2, inplace=True))
-        self.head = nn.Conv3d(full, 1, 1)
+        # full resolution: a 1x1x1 layer over the upsampled U-Net features, the generator's probability and the
+        # votes, computed as a sum (1x1 convolution and trilinear upsampling commute), upsampling `full` channels
+        self.full_up, self.full_in = _Pointwise(a, full, bias=False), _Pointwise(3, full)
+        self.head = _Pointwise(full, 1)
         nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)      # starts as the generator
 
     def volume(self, maps, cameras, lift_len):
@@ -349,13 +364,14 @@ class LiftedDecoder(nn.Module):
     def forward(self, maps, logits, z, cameras):
         D = logits.shape[-1]
         prob = torch.sigmoid(logits)[:, None]
-        up = lambda y, size: F.interpolate(y, size=size, mode='trilinear', align_corners=False)
+        up = _upsample
         e1 = self.enc(torch.cat([self.volume(maps, cameras, D // 2), F.avg_pool3d(prob, 2) * 2 - 1], 1))
         e2 = self.mid(self.down(e1) + self.code(z.to(e1.dtype))[:, :, None, None, None])
         d1 = self.up(torch.cat([up(e2, e1.shape[-3:]), e1], 1))
         masks, K, R, t, extent = target_cameras(cameras, self.voxel_frame)
         with torch.no_grad(): votes = silhouette_votes(masks, K, R, t, D, extent).to(prob.dtype)
-        return logits + self.head(self.full(torch.cat([up(d1, (D, D, D)), prob * 2 - 1, votes * 2 - 1], 1)))[:, 0]
+        h = up(self.full_up(d1), (D, D, D)) + self.full_in(torch.cat([prob, votes], 1) * 2 - 1)
+        return logits + self.head(F.leaky_relu(h, 0.2))[:, 0]
 
 # %% ../nbs/06_model.ipynb #a109e7f0
 @dataclass
