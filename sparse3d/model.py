@@ -283,7 +283,7 @@ def refine_logits(refiner, logits, cameras, cfg: Config):
     with torch.no_grad(): votes = camera_votes(cameras, cfg)
     return refiner(logits, votes)
 
-# %% ../nbs/06_model.ipynb #1af523e3
+# %% ../nbs/06_model.ipynb #296b463c
 LIFT_TAPS = (1, 3)        # the view CNN's layers whose maps are lifted: 1/4 and 1/8 of the image side
 
 def ray_geometry(points, R, t, z):
@@ -309,7 +309,7 @@ def fuse_views(x):
     mean = x.mean(1)
     return torch.cat([mean, x.amax(1), (x - mean[:, None]).pow(2).mean(1)], 1)
 
-# %% ../nbs/06_model.ipynb #1b85e1d2
+# %% ../nbs/06_model.ipynb #a9e5d2a9
 def _upsample(y, size):
     "Trilinear resize of `y` `[B, C, d, h, w]` to `size`, in channels-last layout (some 10x faster on a CPU)"
     y = F.interpolate(y.contiguous(memory_format=torch.channels_last_3d), size=size, mode='trilinear',
@@ -327,7 +327,7 @@ class LiftedDecoder(nn.Module):
     """Occupancy logits `[B, D, D, D]` from the view CNN's `maps` (one per tap), the generator's `logits`, the code `z`
     and the `cameras`: the maps lifted into a `(D/2)^3` grid and fused over the views, decoded by a 3D U-Net"""
     def __init__(self, map_channels=(64, 128), z_size: int = 128, voxel_frame: str = 'world', taps=LIFT_TAPS,
-                 channels: int = 16, unet=(24, 48), full: int = 8):
+                 channels: int = 16, unet=(24, 48), full: int = 16):
         super().__init__()
         if len(map_channels) != len(taps):
             raise ValueError(f"one map per tap: {len(taps)} taps, {len(map_channels)} map_channels")
