@@ -283,7 +283,7 @@ def refine_logits(refiner, logits, cameras, cfg: Config):
     with torch.no_grad(): votes = camera_votes(cameras, cfg)
     return refiner(logits, votes)
 
-# %% ../nbs/06_model.ipynb #296b463c
+# %% ../nbs/06_model.ipynb #388a99bb
 LIFT_TAPS = (1, 3)        # the view CNN's layers whose maps are lifted: 1/4 and 1/8 of the image side
 
 def ray_geometry(points, R, t, z):
@@ -309,7 +309,7 @@ def fuse_views(x):
     mean = x.mean(1)
     return torch.cat([mean, x.amax(1), (x - mean[:, None]).pow(2).mean(1)], 1)
 
-# %% ../nbs/06_model.ipynb #a9e5d2a9
+# %% ../nbs/06_model.ipynb #818181ef
 def _upsample(y, size):
     "Trilinear resize of `y` `[B, C, d, h, w]` to `size`, in channels-last layout (some 10x faster on a CPU)"
     y = F.interpolate(y.contiguous(memory_format=torch.channels_last_3d), size=size, mode='trilinear',
