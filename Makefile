@@ -98,11 +98,11 @@ nbtest: setup
 pytest: setup
 	@$(TEST_ENV) $(BIN)/python -m pytest -p no:dash tests $(PYTEST_ARGS)
 
-test: check-clean check-export check-readme
+test: check-clean check-export check-readme lint
 	@$(MAKE) --no-print-directory nbtest
 	@$(MAKE) --no-print-directory pytest PYTEST_ARGS='-m "not slow and not browser and not cuda"'
 
-test-all: check-clean check-export check-readme
+test-all: check-clean check-export check-readme lint
 	@$(MAKE) --no-print-directory nbtest NBFLAGS='--flags "slow browser"'
 	@$(MAKE) --no-print-directory pytest PYTEST_ARGS='-m "not cuda"'
 
