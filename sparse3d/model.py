@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, flop_registry, register_flop_formula
 
 from .config import Config, ConfigError
-from .geometry import VIEW_EXTENT, look_at, relative_pose_features, silhouette_votes, view0_cameras, view_to_world
+from .geometry import (VIEW_EXTENT, look_at, relative_pose_features, silhouette_votes, view0_cameras,
+                               view_to_world)
 from .geometry import cell_centers, project_points, sample_views
 from .geometry import rotation_from_6d as rotation_from_6d     # re-exported from its old module
 

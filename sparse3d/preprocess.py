@@ -456,8 +456,10 @@ def seq_dirs(out_root, category, name):
     name)"""
     base = Path(out_root)/category
     if not isinstance(name, str) or name in ('', '.', '..') or any(c in name for c in '/\\\x00'):
-        raise DataError(f"{quoted(base)}: sequence name {quoted(name)} is not a plain name (it has '/' or '..', or is empty); "
-                        "refusing to write outside the output folder. Fix the sequence_name in the annotations.")
+        raise DataError(
+            f"{quoted(base)}: sequence name {quoted(name)} is not a plain name (it has '/' or '..', or is empty); "
+            "refusing to write outside the output folder. Fix the sequence_name in the annotations."
+        )
     return base/f'{name}_processed', base/f'{name}_dataset_instance'
 
 def _even(items, n):
@@ -582,7 +584,8 @@ def preprocess_sequence(input_dir, output_dir, category, sequence, settings: Pre
     `SequenceFlagged` if its cleaned point cloud disagrees with its masks)"""
     st = settings or PreprocessSettings()
     cat = cat or Co3dCategory(input_dir, category)
-    if sequence not in cat.sequences: raise DataError(f"{quoted(Path(input_dir)/category)}: no sequence {quoted(sequence)} in the annotations.")
+    if sequence not in cat.sequences:
+        raise DataError(f"{quoted(Path(input_dir) / category)}: no sequence {quoted(sequence)} in the annotations.")
     seq = cat[sequence]
     proc, inst = seq_dirs(output_dir, category, sequence)     # refuses a name that would lead out of the output folder
     xyz, _, _ = cat.load_pointcloud(seq)
@@ -608,8 +611,10 @@ def preprocess_sequence(input_dir, output_dir, category, sequence, settings: Pre
                 r['pose'] = f"../{proc.name}/poses/frame{f.frame_number:06d}_pose.json"
                 records.append(r)
         if not records:
-            raise DataError(f"{quoted(Path(input_dir)/category/sequence)}: no usable frame ({len(dropped)} dropped, e.g. "
-                            f"{dropped[-1]['reason']}).")
+            raise DataError(
+                f"{quoted(Path(input_dir) / category / sequence)}: no usable frame ({len(dropped)} dropped, e.g. "
+                f"{dropped[-1]['reason']})."
+            )
         dropped.sort(key=lambda d: d['frame_number'])
         corner = tuple(np.asarray(norm['center']) - norm['scale'] / 2)
         write_binvox(tinst/'seq.binvox', grid, translate=corner, scale=norm['scale'])
@@ -640,7 +645,8 @@ def load_sequence_meta(output_dir, category, sequence) -> dict:
     if not p.exists(): return None
     from sparse3d.co3d import load_json
     meta = load_json(p)
-    if not isinstance(meta, dict) or 'frames' not in meta: raise DataError(f"{quoted(p)}: not a sparse3d sequence_meta.json; delete the folder and re-run preprocessing.")
+    if not isinstance(meta, dict) or 'frames' not in meta:
+        raise DataError(f"{quoted(p)}: not a sparse3d sequence_meta.json; delete the folder and re-run preprocessing.")
     return meta
 
 # %% ../nbs/04_preprocess.ipynb #e4efe733
@@ -685,7 +691,9 @@ def preprocess_category(input_dir, output_dir, category='chair', settings: Prepr
     t0 = time.perf_counter()
     out = Path(output_dir)
     if out.resolve() == Path(input_dir).resolve() or Path(input_dir).resolve() in out.resolve().parents:
-        raise ConfigError(f"{quoted(out)}: the output folder must not be the dataset root or inside it; choose another --output_dir.")
+        raise ConfigError(
+            f"{quoted(out)}: the output folder must not be the dataset root or inside it; choose another --output_dir."
+        )
     cat = _cat_cached(input_dir, category)
     names = list(cat.sequences) if sequences is None else list(sequences)
     clean_partial(out, category)
@@ -831,13 +839,17 @@ def pack_split(output_dir, category, split, names, progress=True) -> Path:
     from sparse3d.co3d import load_image, load_mask
     base = Path(output_dir)/category/'packed'
     metas = [load_sequence_meta(output_dir, category, n) for n in names]
-    if any(m is None for m in metas): raise DataError(f"{quoted(base)}: cannot pack {split}: some sequences are not processed.")
+    if any(m is None for m in metas):
+        raise DataError(f"{quoted(base)}: cannot pack {split}: some sequences are not processed.")
     n_frames = [len(m['frames']) for m in metas]
     S = metas[0]['settings']['image_size'] if metas else 0
     D = metas[0]['voxels']['cube_len'] if metas else 0
     for m in metas:
         if (m['settings']['image_size'], m['voxels']['cube_len']) != (S, D):
-            raise DataError(f"{quoted(base)}: sequences were processed with different image_size/cube_len; re-run preprocessing with one setting.")
+            raise DataError(
+                f"{quoted(base)}: sequences were processed with different image_size/cube_len; "
+                "re-run preprocessing with one setting."
+            )
     F = sum(n_frames)
     tmp = base/f'.{split}.tmp-{uuid.uuid4().hex[:8]}'
     try:
@@ -952,7 +964,8 @@ def extract_poses_cli(input_dir:Param('CO3D root', str, required=True)=None,
     "Write poses/frameNNNNNN_pose.json (CO3D {R, T}, OpenCV and normalised cameras of the full image) for one sequence"
     def run():
         cat = Co3dCategory(input_dir, category)
-        if sequence not in cat.sequences: raise DataError(f"{quoted(Path(input_dir)/category)}: no sequence {quoted(sequence)}.")
+        if sequence not in cat.sequences:
+            raise DataError(f"{quoted(Path(input_dir) / category)}: no sequence {quoted(sequence)}.")
         seq = cat[sequence]
         _, norm = ply2voxel(cat.load_pointcloud(seq)[0], 32, 'surface')
         d = seq_dirs(output_dir, category, sequence)[0]/'poses'

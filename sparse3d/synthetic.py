@@ -12,7 +12,7 @@ __all__ = ['FAMILIES', 'COMPONENTS', 'MISC_OBJECTS', 'SHAPES', 'REALISMS', 'SUBS
            'synth_cli']
 
 # %% ../nbs/03_synthetic.ipynb #5dbd54ba
-import colorsys, importlib, io, math, multiprocessing, os, re, shutil, sys, time, warnings
+import colorsys, importlib, io, math, multiprocessing, os, re, shutil, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +24,8 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from .config import ConfigError, check_value
-from .co3d import (FrameAnnotation, SequenceAnnotation, camera_to_viewpoint, frame_to_dict, load_json, load_mask,
-                           load_pointcloud, save_depth, save_depth_mask, save_image, save_json, save_mask,
+from .co3d import (FrameAnnotation, SequenceAnnotation, camera_to_viewpoint, frame_to_dict, load_json,
+                           load_mask, load_pointcloud, save_depth, save_depth_mask, save_image, save_json, save_mask,
                            save_pointcloud, sequence_to_dict)
 from .geometry import Camera, Similarity, look_at, sample_surface
 
@@ -1277,10 +1277,16 @@ def _annotations(seq, category, masses, n_points):
                              depth_path=dep, depth_scale_adjustment=1.0, depth_mask_path=dmsk,
                              frame_timestamp=round((k - 1) * 20.0 / len(seq.cameras), 6))
         frames.append(frame_to_dict(fa))
-    sa = SequenceAnnotation(sequence_name=seq.name, category=category, video_length=len(seq.cameras),
-                            point_cloud_path=f'{category}/{seq.name}/pointcloud.ply', point_cloud_n_points=int(n_points),
-                            point_cloud_quality_score=1.0, viewpoint_quality_score=round(seq.quality, 6),
-                            meta=_sequence_meta(seq))
+    sa = SequenceAnnotation(
+        sequence_name=seq.name,
+        category=category,
+        video_length=len(seq.cameras),
+        point_cloud_path=f'{category}/{seq.name}/pointcloud.ply',
+        point_cloud_n_points=int(n_points),
+        point_cloud_quality_score=1.0,
+        viewpoint_quality_score=round(seq.quality, 6),
+        meta=_sequence_meta(seq),
+    )
     return frames, sequence_to_dict(sa)
 
 def write_sequence(seq: SyntheticSequence, root, category='chair'):

@@ -10,8 +10,8 @@ __all__ = ['CHECKPOINT_FORMAT', 'ARCH_KEYS', 'REQUIRED_KEYS', 'OOM_HELP', 'resol
            'FitHandle', 'fit_background', 'train_cli']
 
 # %% ../nbs/08_train.ipynb #387c3e17
-import json, math, os, pickle, random, sys, threading, time, warnings, zipfile
-from dataclasses import dataclass, field, asdict, fields
+import json, os, pickle, random, threading, time, warnings, zipfile
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Optional
 
@@ -23,11 +23,12 @@ from fastcore.script import call_parse, Param, store_true, bool_arg
 from tqdm.auto import tqdm
 
 import sparse3d
-from .config import (Config, ConfigError, CheckpointError, OutputError, Sparse3DError, atomic_write, load_config, save_config,
-                             config_to_yaml)
+from .config import (Config, ConfigError, CheckpointError, OutputError, Sparse3DError, atomic_write,
+                             load_config, save_config)
 from .data import MultiViewDataset, make_loader, POSE_DIM
 from .model import VAEGAN, decode_in_frame, encode_decode, is_lifted, model_inputs, subsample_views
 from .losses import vae_gan_loss, discriminator_loss
+from .metrics import THRESHOLDS     # the sweep of the evaluation (09a_metrics)
 
 # %% ../nbs/08_train.ipynb #a626aabd
 from .config import cli_errors, quoted      # one-line errors and exit codes of the command; input shown safely
@@ -232,8 +233,6 @@ def train_step(state: TrainState, batch: dict, gen: nn.Module, critic: nn.Module
     return losses
 
 # %% ../nbs/08_train.ipynb #00ff86e4
-from .metrics import THRESHOLDS     # the sweep of the evaluation (09a_metrics)
-
 def iou_per_threshold(probs, target, thresholds=THRESHOLDS) -> torch.Tensor:
     "IoU `[B, T]` of probabilities `probs` `[B, D, D, D]` (occupied where `p >= t`) against `target` at each threshold"
     t = torch.as_tensor(thresholds, dtype=probs.dtype, device=probs.device).view(1, -1, 1)

@@ -98,7 +98,8 @@ def test_ddp_two_gloo_processes(processed, small_cfg, tmp_path):
 def test_ddp_lifted_encoder(processed, tmp_path):
     "encoder: lifted under torchrun: one forward per step holds the lifted decoder too, the ranks end identical"
     cfg = tmp_path/'lifted.yaml'
-    cfg.write_text('image_size: 64\nbatch_size: 2\nnum_views: 3\nz_size: 16\nn_epochs: 1\nworkers: 0\nencoder: lifted\n')
+    cfg.write_text('image_size: 64\nbatch_size: 2\nnum_views: 3\nz_size: 16\n'
+                   'n_epochs: 1\nworkers: 0\nencoder: lifted\n')
     out = tmp_path/'run'
     p = run(sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m', 'sparse3d.train',
             '--config', cfg, '--input_dir', processed/'proc', '--output_dir', out, '--device', 'cpu')
