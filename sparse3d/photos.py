@@ -180,18 +180,29 @@ def judge_mask(mask, threshold=0.5, where='mask') -> tuple:
 FOCAL_SEARCH = tuple(np.geomspace(0.5, 8, 33))   # NDC focal lengths tried (pixels / half the short side)
 MIN_AGREEMENT = 0.2                            # a best mean IoU below this is no estimate at all
 
+_EXIF_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}   # FocalPlaneResolutionUnit: inch, cm, mm, micrometre
+
+def _positive(tags, key) -> Optional[float]:
+    try: v = float(tags.get(key))
+    except (TypeError, ValueError, ZeroDivisionError): return None
+    return v if np.isfinite(v) and v > 0 else None
+
 def exif_focal(path, image_size) -> Optional[float]:
-    "Focal length in pixels from the EXIF tags of photo `path` of `image_size` (H, W): its 35 mm equivalent, else None"
+    """Focal length in pixels from the EXIF tags of photo `path` of `image_size` (H, W): its 35 mm equivalent, else its
+    focal length in mm with the sensor's pixels per mm (FocalPlaneXResolution), else None"""
     from PIL import Image
     with Image.open(path) as im:
         ex = im.getexif()
         tags = {**dict(ex), **dict(ex.get_ifd(0x8769))}
-    f35 = tags.get(0xA405)                                       # FocalLengthIn35mmFilm
-    try: f35 = float(f35)
-    except (TypeError, ValueError): return None
-    if not f35 > 0: return None
     H, W = image_size
-    return f35 * float(np.hypot(H, W)) / float(np.hypot(36, 24))   # the 35 mm frame's diagonal is the photo's
+    f35 = _positive(tags, 0xA405)                                # FocalLengthIn35mmFilm
+    if f35: return f35 * float(np.hypot(H, W)) / float(np.hypot(36, 24))   # the 35 mm frame's diagonal is the photo's
+    f_mm, px_per_unit = _positive(tags, 0x920A), _positive(tags, 0xA20E)    # FocalLength, FocalPlaneXResolution
+    unit = _EXIF_UNIT_MM.get(tags.get(0xA210, 2))
+    if not (f_mm and px_per_unit and unit): return None
+    sensor = [_positive(tags, k) for k in (0xA002, 0xA003)]      # the size the resolution is given for
+    shrink = max(H, W) / max(sensor) if all(sensor) else 1.0     # the photo may be a smaller copy
+    return f_mm * px_per_unit / unit * shrink
 
 def _small_size(silhouettes, long_side=160) -> tuple:
     "One working size (H, W) for all `silhouettes`: the first one's, `long_side` px on its long side"
