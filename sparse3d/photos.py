@@ -275,14 +275,17 @@ def hull_consistency(cams, sils, cube_len=32) -> list:
     return ious
 
 # %% ../nbs/09c_photos.ipynb #5bae0bac
-def estimate_focal(cams, sils, focals=FOCAL_SEARCH) -> tuple:
+def estimate_focal(cams, sils, focals=FOCAL_SEARCH, unknown=None) -> tuple:
     """`(f_ndc, mean_iou, curve)`: the NDC focal length (principal point at the centre) whose cameras make the
-    silhouettes `sils` of `cams` (their R and t used) most consistent, the mean IoU it reaches, and all tried"""
+    silhouettes `sils` of `cams` most consistent, the mean IoU it reaches, and all tried. Only the views in `unknown`
+    (default: all) take the focal length tried (their R and t used); the others keep their own intrinsics."""
     if len(cams) < 2:
         raise DataError(f"estimating the focal length needs at least 2 posed views, got {len(cams)}.")
-    small = [_small(s, _small_size(sils)) for s in sils]
-    consistency = lambda f: float(np.mean(hull_consistency([_focal_camera(c, f, s.shape) for c, s in zip(cams, small)],
-                                                           small)))
+    unknown = set(range(len(cams)) if unknown is None else unknown)
+    size = _small_size(sils)
+    small = [_small(s, size) for s in sils]
+    at = lambda f: [_focal_camera(c, f, size) if k in unknown else c.resize(size) for k, c in enumerate(cams)]
+    consistency = lambda f: float(np.mean(hull_consistency(at(f), small)))
     curve = [consistency(f) for f in focals]
     k = int(np.argmax(curve))
     return float(focals[k]), curve[k], curve
@@ -302,8 +305,11 @@ def photo_cameras(photos, sils, notes) -> tuple:
             cams[k], sources[k] = Camera(K, cam.R, cam.t, s.shape), 'EXIF'
         else: cams[k] = cam; todo.append(k)
     if todo:
-        f, iou = (estimate_focal([cams[k] for k in todo], [sils[k] for k in todo])[:2] if len(todo) >= 2
-                  else (None, 0.0))
+        posed = [k for k, c in enumerate(cams) if c is not None]         # views with a known focal length help too
+        f, iou = None, 0.0
+        if len(posed) >= 2:
+            f, iou, _ = estimate_focal([cams[k] for k in posed], [sils[k] for k in posed],
+                                       unknown=map(posed.index, todo))
         names = ', '.join(photos[k].name for k in todo)
         if f is not None and iou >= MIN_AGREEMENT:
             for k in todo: cams[k], sources[k] = _focal_camera(cams[k], f, sils[k].shape), 'estimated from the masks'
