@@ -59,17 +59,20 @@ def load_average() -> Optional[float]:
     except (AttributeError, OSError): return None
 
 def machine_info() -> dict:
-    "What the benchmarks run on: CPU model, cores, torch threads, RAM, load, versions of Python, torch, numpy, open3d, CUDA device"
+    """What the benchmarks run on: CPU model, cores, torch threads, RAM, load, versions of Python, torch, numpy,
+    open3d, CUDA device"""
     try: cores = len(os.sched_getaffinity(0))
     except AttributeError: cores = os.cpu_count()
     return dict(cpu=_cpu_model(), cores=cores, logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 ram_bytes=_ram_bytes(), load=load_average(), os=platform.platform(), python=platform.python_version(),
-                torch=torch.__version__, numpy=np.__version__, open3d=_version('open3d', 'open3d-cpu'), sparse3d=sparse3d.__version__,
+                torch=torch.__version__, numpy=np.__version__, open3d=_version('open3d', 'open3d-cpu'),
+                sparse3d=sparse3d.__version__,
                 cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
 # %% ../nbs/11_benchmarks.ipynb #70e7a219
 def median_time(f, repeats=5, warmup=1, sync=None, clock=time.perf_counter) -> float:
-    "Median wall time of `f()` in seconds over `repeats` timed calls after `warmup` untimed ones; `sync()` is called before each clock reading"
+    """Median wall time of `f()` in seconds over `repeats` timed calls after `warmup` untimed ones; `sync()` is called
+    before each clock reading"""
     if repeats < 1: raise ValueError(f"repeats must be >= 1, got {repeats}")
     sync = sync or (lambda: None)
     for _ in range(warmup): f()
@@ -85,7 +88,8 @@ def _sync_for(device):
     return torch.cuda.synchronize if torch.device(device).type == 'cuda' else None
 
 def matmul_gflops(n=1024, repeats=5, warmup=1, device='cpu') -> float:
-    "Measured fp32 matmul throughput in GFLOP/s: median time of an `n x n` by `n x n` product with torch's current threads"
+    """Measured fp32 matmul throughput in GFLOP/s: median time of an `n x n` by `n x n` product with torch's current
+    threads"""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     out = torch.empty(n, n, device=device)
     return 2 * n ** 3 / median_time(lambda: torch.mm(a, b, out=out), repeats, warmup, _sync_for(device)) / 1e9
@@ -144,7 +148,8 @@ def _tree_rss(proc) -> int:
     return total
 
 def run_child(name, threads=None, timeout=3600, **kwargs) -> dict:
-    "Run `sparse3d.bench.<name>(**kwargs)` in a fresh Python process; its result with `peak_rss`, `peak_rss_workers`, `peak_rss_tree` and `wall_s`"
+    """Run `sparse3d.bench.<name>(**kwargs)` in a fresh Python process; its result with `peak_rss`, `peak_rss_workers`,
+    `peak_rss_tree` and `wall_s`"""
     spec = json.dumps(dict(name=name, kwargs=kwargs, threads=threads), default=str)
     try: import psutil
     except ImportError: psutil = None
@@ -161,10 +166,11 @@ def run_child(name, threads=None, timeout=3600, **kwargs) -> dict:
             time.sleep(0.1)
         wall = time.perf_counter() - t0
         out.seek(0); err.seek(0)
-        lines, errs = out.read().splitlines(), [l for l in err.read().splitlines() if l.strip()]
-    res = next((json.loads(l[len(_MARK):]) for l in reversed(lines) if l.startswith(_MARK)), None)
+        lines, errs = out.read().splitlines(), [line for line in err.read().splitlines() if line.strip()]
+    res = next((json.loads(line[len(_MARK):]) for line in reversed(lines) if line.startswith(_MARK)), None)
     if p.returncode != 0 or res is None:
-        raise Sparse3DError(f"benchmark step {name} failed (exit status {p.returncode}): {quoted(errs[-1], 300) if errs else 'no error output'}")
+        raise Sparse3DError(f"benchmark step {name} failed (exit status {p.returncode}): "
+                            f"{quoted(errs[-1], 300) if errs else 'no error output'}")
     res.update(peak_rss_tree=tree or None, wall_s=round(wall, 2))
     return res
 
@@ -175,7 +181,8 @@ def ball_grid(cube_len=32, radius=0.3, extent=0.5) -> torch.Tensor:
     return ((c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2) <= radius ** 2).float()
 
 def reference_batch(batch_size=8, num_views=4, image_size=128, cube_len=32, seed=0) -> dict:
-    "A batch as `make_loader(MultiViewDataset(...))` gives it: a ball seen by a ring of `num_views` cameras, random texture"
+    """A batch as `make_loader(MultiViewDataset(...))` gives it: a ball seen by a ring of `num_views` cameras, random
+    texture"""
     B, V, S = batch_size, num_views, image_size
     cams = ring_cameras(V, S)
     rep = lambda x: x.expand(B, *x.shape[1:]).clone()
@@ -184,11 +191,13 @@ def reference_batch(batch_size=8, num_views=4, image_size=128, cube_len=32, seed
     poses = torch.from_numpy(pose_features(cams['R'][0].double().numpy(), cams['t'][0].double().numpy()))
     return dict(images=torch.rand(B, V, 3, S, S, generator=g) * masks, masks=masks, poses=rep(poses[None]),
                 extent=torch.full((B,), 0.5, dtype=torch.float64), K=rep(cams['K']), R=rep(cams['R']), t=rep(cams['t']),
-                voxels=rep(ball_grid(cube_len)[None]), id=[f'ball_{i}' for i in range(B)], views=rep(torch.arange(V)[None]))
+                voxels=rep(ball_grid(cube_len)[None]), id=[f'ball_{i}' for i in range(B)],
+                    views=rep(torch.arange(V)[None]))
 
 # %% ../nbs/11_benchmarks.ipynb #02dea966
 def make_train_state(cfg, device='cpu', steps_per_epoch=1000) -> tuple:
-    "`(TrainState, generative module, critic)` built as `fit` builds them (model, Adam optimisers, gradient scaler), without data"
+    """`(TrainState, generative module, critic)` built as `fit` builds them (model, Adam optimisers, gradient scaler),
+    without data"""
     dev = torch.device(device)
     model = VAEGAN(cfg, POSE_DIM).to(dev)
     opt_eg, opt_d = optimizers(model, cfg)                  # the optimisers fit uses
@@ -213,9 +222,11 @@ def profile_ops(f, row_limit=15) -> dict:
 # %% ../nbs/11_benchmarks.ipynb #777f757b
 def train_benchmark(batch_size=8, num_views=4, image_size=128, cube_len=32, repeats=5, warmup=1, profile=True,
                     device='cpu', seed=0) -> dict:
-    "Time the real `train_step` at a shape: step seconds (median), samples/s, FLOPs per step, achieved GFLOP/s, and a profile"
+    """Time the real `train_step` at a shape: step seconds (median), samples/s, FLOPs per step, achieved GFLOP/s, and a
+    profile"""
     from torch.utils.flop_counter import FlopCounterMode
-    cfg = load_config(None, batch_size=batch_size, num_views=num_views, image_size=image_size, cube_len=cube_len, device=str(device))
+    cfg = load_config(None, batch_size=batch_size, num_views=num_views, image_size=image_size, cube_len=cube_len,
+                      device=str(device))
     seed_everything(seed)
     state, gen, critic = make_train_state(cfg, device)
     batch = reference_batch(batch_size, num_views, image_size, cube_len, seed)
@@ -225,14 +236,17 @@ def train_benchmark(batch_size=8, num_views=4, image_size=128, cube_len=32, repe
     flops = fc.get_total_flops()
     t = median_time(step, repeats, warmup, _sync_for(device))
     res = dict(batch_size=batch_size, num_views=num_views, image_size=image_size, cube_len=cube_len, device=str(device),
-               repeats=repeats, step_s=t, samples_per_s=batch_size / t, flops_per_step=int(flops), gflops=flops / t / 1e9,
+               repeats=repeats, step_s=t, samples_per_s=batch_size / t, flops_per_step=int(flops),
+               gflops=flops / t / 1e9,
                skipped_steps=int(sum(skipped)), parameters=sum(p.numel() for p in state.model.parameters()))
     if profile: res.update(profile_ops(step))
     return res
 
 # %% ../nbs/11_benchmarks.ipynb #3b87636d
-def inference_benchmark(views=(1, 4, 8), batches=(1, 8), image_size=128, cube_len=32, repeats=10, warmup=3, device='cpu') -> dict:
-    "Median ms per object of an inference forward for each view count and batch size, with FLOPs per object and achieved GFLOP/s"
+def inference_benchmark(views=(1, 4, 8), batches=(1, 8), image_size=128, cube_len=32, repeats=10, warmup=3,
+                        device='cpu') -> dict:
+    """Median ms per object of an inference forward for each view count and batch size, with FLOPs per object and
+    achieved GFLOP/s"""
     dev = torch.device(device)
     cfg = load_config(None, image_size=image_size, cube_len=cube_len, device=str(device))
     model = VAEGAN(cfg, POSE_DIM).to(dev).eval()
@@ -242,7 +256,8 @@ def inference_benchmark(views=(1, 4, 8), batches=(1, 8), image_size=128, cube_le
         fl = flops_per_sample(model, v, image_size)['inference']
         for b in batches:
             ms = forward_time(model, b, v, image_size, reps=repeats, warmup=warmup)
-            rows.append(dict(num_views=v, batch=b, ms_per_object=ms, flops_per_object=int(fl), gflops=fl / (ms / 1e3) / 1e9))
+            rows.append(dict(num_views=v, batch=b, ms_per_object=ms, flops_per_object=int(fl),
+                             gflops=fl / (ms / 1e3) / 1e9))
     res = dict(image_size=image_size, cube_len=cube_len, device=str(device), repeats=repeats, rows=rows)
     if dev.type == 'cuda': res['cuda_peak_bytes'] = int(torch.cuda.max_memory_allocated(dev))
     return res
@@ -263,23 +278,25 @@ def preprocess_benchmark(co3d_root, out, image_size=128, cube_len=32, workers=1,
     if frame_size:
         co3d_root = resize_frames(co3d_root, Path(out).parent/f'co3d_{int(frame_size)}px', int(frame_size), category)
     t0 = time.perf_counter()
-    rep = preprocess_category(co3d_root, out, category, PreprocessSettings(image_size=image_size, cube_len=cube_len), workers, progress=False)
+    rep = preprocess_category(co3d_root, out, category, PreprocessSettings(image_size=image_size, cube_len=cube_len),
+                              workers, progress=False)
     t1 = time.perf_counter()
     if rep['failed'] or rep.get('flagged'):
         bad = {**rep['failed'], **rep.get('flagged', {})}
         name, info = next(iter(bad.items()))
-        raise DataError(f"{quoted(co3d_root)}: {len(bad)} sequences failed or were flagged in preprocessing, e.g. {quoted(name)}: "
-                        f"{info.get('error') or info.get('reason')}")
+        raise DataError(f"{quoted(co3d_root)}: {len(bad)} sequences failed or were flagged in preprocessing, e.g. "
+                        f"{quoted(name)}: {info.get('error') or info.get('reason')}")
     sp = split_and_pack(out, category, co3d_root, progress=False)
     t2 = time.perf_counter()
-    return dict(n_sequences=len(rep['done']), frames=rep['frames'], image_size=image_size, cube_len=cube_len, workers=workers,
-                frame_size=frame_size,
+    return dict(n_sequences=len(rep['done']), frames=rep['frames'], image_size=image_size, cube_len=cube_len,
+                workers=workers, frame_size=frame_size,
                 seconds=t1 - t0, frames_per_s=rep['frames'] / (t1 - t0), pack_seconds=t2 - t1,
                 split={k: len(sp[k]) for k in ('train', 'val', 'test')})
 
 def loader_benchmark(root, split='train', num_views=4, batch_size=8, workers=0, min_samples=64, repeats=3, warmup=1,
                      category='chair', seed=42) -> dict:
-    "Objects per second drawn by `make_loader(MultiViewDataset(root, split))`, median over `repeats` runs of at least `min_samples`"
+    """Objects per second drawn by `make_loader(MultiViewDataset(root, split))`, median over `repeats` runs of at least
+    `min_samples`"""
     ds = MultiViewDataset(root, split, num_views, category, seed=seed)
     if not len(ds): raise DataError(f"{quoted(ds.dir)}: the {split} split is empty; nothing to load.")
     loader = make_loader(ds, batch_size, workers=workers, seed=seed)
@@ -298,13 +315,15 @@ def loader_benchmark(root, split='train', num_views=4, batch_size=8, workers=0, 
 def pipeline_benchmark(work_dir, sizes=(4, 8), n_frames=6, render_size=64, image_size=128, cube_len=32, workers=1,
                        loader_workers=(0,), num_views=4, batch_size=8, loader_samples=64, repeats=3, threads=None,
                        timeout=3600, log=None, frame_size=None) -> dict:
-    "Render, preprocess and load synthetic datasets of each size in `sizes` (sequences), each step in its own process: rates and peak RSS"
+    """Render, preprocess and load synthetic datasets of each size in `sizes` (sequences), each step in its own
+    process: rates and peak RSS"""
     log = log or (lambda *a: None)
     rows = []
     for n in sizes:
         d = Path(work_dir)/f'{n}_sequences'
         log(f"rendering {n} sequences x {n_frames} frames at {render_size} px")
-        r = run_child('render_benchmark', threads, timeout, out=d/'co3d', n_sequences=n, n_frames=n_frames, image_size=render_size, workers=workers)
+        r = run_child('render_benchmark', threads, timeout, out=d/'co3d', n_sequences=n, n_frames=n_frames,
+                      image_size=render_size, workers=workers)
         scaled = f' (scaled to {frame_size} px frames)' if frame_size else ''
         log(f"preprocessing them{scaled} to {image_size} px crops and {cube_len}^3 grids")
         p = run_child('preprocess_benchmark', threads, timeout, co3d_root=d/'co3d', out=d/'proc', image_size=image_size,
@@ -312,26 +331,32 @@ def pipeline_benchmark(work_dir, sizes=(4, 8), n_frames=6, render_size=64, image
         loads = []
         for w in loader_workers:
             log(f"loading batches of {batch_size} x {num_views} views with {w} loader workers")
-            loads.append(run_child('loader_benchmark', threads, timeout, root=d/'proc', num_views=min(num_views, n_frames),
+            loads.append(run_child('loader_benchmark', threads, timeout, root=d/'proc',
+                                   num_views=min(num_views, n_frames),
                                    batch_size=batch_size, workers=w, min_samples=loader_samples, repeats=repeats))
         rows.append(dict(n_sequences=n, render=r, preprocess=p, loader=loads))
     return dict(sizes=list(sizes), n_frames=n_frames, render_size=render_size, image_size=image_size, rows=rows)
 
 # %% ../nbs/11_benchmarks.ipynb #9e2d63d8
 def parse_runs(spec) -> dict:
-    "`{label: checkpoint Path}` from `'label=path;label=path'` (or a dict); a `ConfigError` naming the problem if a part is malformed or a file missing"
+    """`{label: checkpoint Path}` from `'label=path;label=path'` (or a dict); a `ConfigError` naming the problem if a
+    part is malformed or a file missing"""
     if isinstance(spec, dict): spec = ';'.join(f"{k}={v}" for k, v in spec.items())
     if spec is None or not str(spec).strip(): return {}
     runs, example = {}, '--runs "pose, mean=run_a/checkpoints/best.pt;no pose, mean=run_b/checkpoints/best.pt"'
     for part in str(spec).split(';'):
         if not part.strip(): continue
-        if '=' not in part: raise ConfigError(f"--runs: {quoted(part.strip())} is not label=checkpoint. Write e.g. {example}.")
+        if '=' not in part:
+            raise ConfigError(f"--runs: {quoted(part.strip())} is not label=checkpoint. Write e.g. {example}.")
         label, path = (x.strip() for x in part.split('=', 1))
-        if not label: raise ConfigError(f"--runs: {quoted(part.strip())} has no label before '='. Write e.g. {example}.")
-        if label in runs: raise ConfigError(f"--runs: the label {quoted(label)} is given twice; give each run its own label.")
+        if not label:
+            raise ConfigError(f"--runs: {quoted(part.strip())} has no label before '='. Write e.g. {example}.")
+        if label in runs:
+            raise ConfigError(f"--runs: the label {quoted(label)} is given twice; give each run its own label.")
         p = Path(path).expanduser()
         if not p.is_file():
-            raise ConfigError(f"--runs: {quoted(p)}: checkpoint of {quoted(label)} not found. Give a .pt file written by sparse3d_train, "
+            raise ConfigError(f"--runs: {quoted(p)}: checkpoint of {quoted(label)} not found. Give a .pt file written "
+                              f"by sparse3d_train, "
                               "e.g. <run>/checkpoints/best.pt.")
         runs[label] = p
     if not runs: raise ConfigError(f"--runs: no runs in {quoted(spec)}. Write e.g. {example}.")
@@ -344,9 +369,12 @@ def run_dir_of(checkpoint) -> Path:
 
 # %% ../nbs/11_benchmarks.ipynb #873564d0
 def time_to_quality(run_dir) -> list:
-    "`[{epoch, minutes, iou}]` of a run's `metrics.jsonl`: cumulative training minutes and the best validation IoU so far"
+    """`[{epoch, minutes, iou}]` of a run's `metrics.jsonl`: cumulative training minutes and the best validation IoU so
+    far"""
     path = Path(run_dir)/'metrics.jsonl'
-    if not path.is_file(): raise DataError(f"{quoted(path)}: not found; time-to-quality needs a training run's folder (it holds metrics.jsonl).")
+    if not path.is_file():
+        raise DataError(f"{quoted(path)}: not found; time-to-quality needs a training run's folder (it holds "
+                        f"metrics.jsonl).")
     pts, minutes, best = [], 0.0, None
     for line in path.read_text(encoding='utf-8').splitlines():
         try: h = json.loads(line)
@@ -384,8 +412,10 @@ def plot_time_to_quality(curves: dict):
 def _per_view(means, method) -> dict:
     return {int(v): dict(iou=float(d['iou']), fscore=float(d['fscore'])) for v, d in means.get(method, {}).items()}
 
-def evaluate_quality(path, test_dir, out_dir, views='1,2,4,8', split='test', max_objects=None, device='cpu', category='chair') -> dict:
-    "`evaluate_run` of checkpoint `path` on `split` of `test_dir`, reduced to the run's settings and per-view IoU and F-score of the model and baselines"
+def evaluate_quality(path, test_dir, out_dir, views='1,2,4,8', split='test', max_objects=None, device='cpu',
+                     category='chair') -> dict:
+    """`evaluate_run` of checkpoint `path` on `split` of `test_dir`, reduced to the run's settings and per-view IoU and
+    F-score of the model and baselines"""
     from sparse3d.evaluate import evaluate_run
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')          # almost-empty predictions are in r['warnings']
@@ -394,23 +424,27 @@ def evaluate_quality(path, test_dir, out_dir, views='1,2,4,8', split='test', max
     m, c = r['means'], r['model']['config']
     return dict(path=str(path), epoch=r['model']['epoch'], use_pose=c['use_pose'], combine_type=c['combine_type'],
                 image_size=c['image_size'], threshold=r['threshold'], n_objects=r['data']['n_objects'],
-                model=_per_view(m, 'model'), baselines={k: _per_view(m, k) for k in ('visual_hull', 'mean_shape') if m.get(k)},
+                model=_per_view(m, 'model'),
+                baselines={k: _per_view(m, k) for k in ('visual_hull', 'mean_shape') if m.get(k)},
                 warnings=r['warnings'])
 
 def _int_keys(d: dict) -> dict: return {int(k): v for k, v in d.items()}
 
 def quality_benchmark(runs: dict, test_dir, out_dir, views='1,2,4,8', split='test', max_objects=None, device='cpu',
                       category='chair', threads=None, isolate=True, log=None) -> dict:
-    "Evaluate each checkpoint of `runs` = `{label: path}` on `split` of `test_dir` (each in its own process if `isolate`): per-view IoU and F-score of each model and the baselines, and time-to-quality"
+    """Evaluate each checkpoint of `runs` = `{label: path}` on `split` of `test_dir` (each in its own process if
+    `isolate`): per-view IoU and F-score of each model and the baselines, and time-to-quality"""
     from sparse3d.evaluate import safe_name
     log = log or (lambda *a: None)
-    res = dict(test_dir=str(test_dir), split=split, views=views, max_objects=max_objects, runs={}, baselines={}, baselines_from=None)
+    res = dict(test_dir=str(test_dir), split=split, views=views, max_objects=max_objects, runs={}, baselines={},
+               baselines_from=None)
     for label, path in runs.items():
         log(f"evaluating {label!r}: {path}")
         kw = dict(path=path, test_dir=test_dir, out_dir=Path(out_dir)/safe_name(label), views=views, split=split,
                   max_objects=max_objects, device=device, category=category)
         entry = run_child('evaluate_quality', threads, **kw) if isolate else evaluate_quality(**kw)
-        entry['model'], entry['baselines'] = _int_keys(entry['model']), {k: _int_keys(v) for k, v in entry['baselines'].items()}
+        entry['model'] = _int_keys(entry['model'])
+        entry['baselines'] = {k: _int_keys(v) for k, v in entry['baselines'].items()}
         try: entry['time_to_quality'] = time_to_quality(run_dir_of(path))
         except DataError as e: entry['time_to_quality'], entry['note'] = None, str(e)
         res['runs'][label] = entry
@@ -424,16 +458,18 @@ def target_status(value, goal, higher=True, unit='', digits=3) -> str:
     if (value >= goal) if higher else (value <= goal): return 'met'
     gap = goal - value if higher else value - goal
     fmt = lambda x: f"{x:.{digits}g}{unit}"
-    factor = (f" ({goal / value:.1f}x short)" if higher and value > 0 else '') if higher else (f" ({value / goal:.1f}x over)" if goal > 0 else '')
+    if higher: factor = f" ({goal / value:.1f}x short)" if value > 0 else ''
+    else: factor = f" ({value / goal:.1f}x over)" if goal > 0 else ''
     return f"missed by {fmt(gap)}{factor}"
 
 # %% ../nbs/11_benchmarks.ipynb #73a8d255
 def _loader_row(results) -> Optional[dict]:
-    "The loader measurement the targets use: the largest dataset, no worker processes if measured (the conservative case)"
+    """The loader measurement the targets use: the largest dataset, no worker processes if measured (the conservative
+    case)"""
     rows = ((results.get('pipeline') or {}).get('rows') or [])
     if not rows or not rows[-1]['loader']: return None
     loads = rows[-1]['loader']
-    return next((l for l in loads if l['workers'] == 0), loads[0])
+    return next((ld for ld in loads if ld['workers'] == 0), loads[0])
 
 def _inference_row(results, num_views=4, batch=1) -> Optional[dict]:
     rows = (results.get('inference') or {}).get('rows') or []
@@ -449,7 +485,8 @@ def _pose_pair(q) -> Optional[tuple]:
     return a, next((k for k in plain if runs[k]['combine_type'] == runs[a]['combine_type']), plain[0])
 
 def summary(results) -> dict:
-    "The derived numbers of a benchmark run: reference GFLOP/s, training fraction, loader multiple, inference ms, quality gaps"
+    """The derived numbers of a benchmark run: reference GFLOP/s, training fraction, loader multiple, inference ms,
+    quality gaps"""
     s = {}
     ref = (results.get('reference') or {}).get('gflops')
     s['reference_gflops'] = ref
@@ -489,27 +526,33 @@ def target_rows(results) -> list:
     s = summary(results)
     pct = lambda x: None if x is None else f"{x:.0%}"
     f = s.get('train_fraction')
+    ims = s.get('inference_image_size')
+    at_size = '' if ims == 128 else f" (at {ims} px)"
     rows = [('training speed', '>= 40% of matmul throughput', pct(f),
              'not measured' if f is None else 'met' if f >= 0.40 else
              f"missed by {(0.40 - f) * 100:.0f} points" + (f" ({0.40 / f:.1f}x short)" if f > 0 else '')),
             ('data loader', '>= 10x what training consumes',
-             None if s.get('loader_multiple') is None else f"{s['loader_multiple']:.1f}x ({s['loader_workers']} workers)",
+             None if s.get('loader_multiple') is None else
+             f"{s['loader_multiple']:.1f}x ({s['loader_workers']} workers)",
              target_status(s.get('loader_multiple'), 10, unit='x', digits=2)),
             ('inference, 4 views 128 px, 1 object', '<= 25 ms per object',
-             None if s.get('inference_ms') is None else f"{s['inference_ms']:.1f} ms" + ('' if s.get('inference_image_size') == 128 else f" (at {s['inference_image_size']} px)"),
+             None if s.get('inference_ms') is None else f"{s['inference_ms']:.1f} ms" + at_size,
              target_status(s.get('inference_ms'), 25, higher=False, unit=' ms', digits=3)),
             ('training memory (peak RSS)', '< 3 GiB', fmt_bytes(s['train_rss']) if s.get('train_rss') else None,
-             target_status(None if s.get('train_rss') is None else s['train_rss'] / GIB, 3, higher=False, unit=' GiB', digits=2))]
+             target_status(None if s.get('train_rss') is None else s['train_rss'] / GIB, 3, higher=False, unit=' GiB',
+                           digits=2))]
     gap = s.get('model_minus_hull', {})
     for v in (1, 2, 4):
+        status = 'not measured' if v not in gap else 'met' if gap[v] > 0 else f"missed by {-gap[v]:.3f} IoU"
         rows.append((f'quality: model beats visual hull, {v} view{"s" if v > 1 else ""}', 'model IoU > hull IoU',
                      None if v not in gap else f"{s['model_iou'][v]:.3f} vs {s['model_iou'][v] - gap[v]:.3f}",
-                     'met' if v in gap and gap[v] > 0 else (f"missed by {-gap[v]:.3f} IoU" if v in gap else 'not measured')))
+                     status))
     rows.append(('quality: model near visual hull, 8 views', 'model IoU >= hull IoU - 0.05',
                  None if 8 not in gap else f"{s['model_iou'][8]:.3f} vs {s['model_iou'][8] - gap[8]:.3f}",
                  target_status(gap.get(8), -0.05, unit=' IoU')))
     rows.append(('quality: pose helps', '>= +0.05 IoU (mean over view counts)',
-                 None if s.get('pose_gain') is None else f"{s['pose_gain']:+.3f} ({s['pose_pair'][0]} vs {s['pose_pair'][1]})",
+                 None if s.get('pose_gain') is None else
+                 f"{s['pose_gain']:+.3f} ({s['pose_pair'][0]} vs {s['pose_pair'][1]})",
                  target_status(s.get('pose_gain'), 0.05, unit=' IoU')))
     return [(t, g, '-' if m is None else m, st) for t, g, m, st in rows]
 
@@ -536,13 +579,16 @@ def md_table(header, rows) -> str:
                      + ['| ' + ' | '.join(map(cell, r)) + ' |' for r in rows]) + '\n'
 
 # %% ../nbs/11_benchmarks.ipynb #ef0b3af2
-def paper_estimate(measured: dict, n_sequences=1470, frames_per_sequence=100, epochs=(1, 10, 100), train_frac=0.8, val_frac=0.1,
+def paper_estimate(measured: dict, n_sequences=1470, frames_per_sequence=100, epochs=(1, 10, 100), train_frac=0.8,
+                   val_frac=0.1,
                    gpu_tflops=19.5, gpu_efficiency=0.3, n_gpus=(1, 4, 8), gpu_scaling=0.9) -> str:
-    "Markdown: from the measured rates, the cost of preprocessing and training on the full CO3D chair category here, and with GPUs (assumed)"
+    """Markdown: from the measured rates, the cost of preprocessing and training on the full CO3D chair category here,
+    and with GPUs (assumed)"""
     tr, s = measured.get('train'), summary(measured)
     prow = (measured.get('pipeline') or {}).get('rows') or []
     prep = prow[-1]['preprocess'] if prow else None
-    frames, n_train, n_val = n_sequences * frames_per_sequence, round(n_sequences * train_frac), round(n_sequences * val_frac)
+    frames = n_sequences * frames_per_sequence
+    n_train, n_val = round(n_sequences * train_frac), round(n_sequences * val_frac)
     cores, ram = measured['machine'].get('cores') or 1, measured['machine'].get('ram_bytes')
     out = [f"CO3D chairs: {n_sequences:,} sequences x ~{frames_per_sequence} frames = {frames:,} frames; "
            f"{n_train:,} training and {n_val:,} validation sequences ({train_frac:.0%} / {val_frac:.0%}).\n"]
@@ -550,8 +596,10 @@ def paper_estimate(measured: dict, n_sequences=1470, frames_per_sequence=100, ep
     if prep:
         t = frames / prep['frames_per_s']
         rows.append(('preprocess every frame', fmt_duration(t),
-                     f"at the measured {prep['frames_per_s']:.1f} frames/s ({prep['workers']} worker{'s' if prep['workers'] != 1 else ''}, "
-                     f"synthetic frames of {prow[-1]['render']['image_size']} px): a lower bound, CO3D frames are larger"))
+                     f"at the measured {prep['frames_per_s']:.1f} frames/s ({prep['workers']} "
+                     f"worker{'s' if prep['workers'] != 1 else ''}, "
+                     f"synthetic frames of {prow[-1]['render']['image_size']} px): a lower bound, CO3D frames are "
+                     f"larger"))
         S = prep['image_size']
         size = frames * S * S * 4
         rows.append(('packed arrays', fmt_bytes(size), f"{S} px RGB + mask per frame; "
@@ -561,15 +609,19 @@ def paper_estimate(measured: dict, n_sequences=1470, frames_per_sequence=100, ep
         val_ms = s.get('inference_ms_batched') or s.get('inference_ms') or 0
         epoch = n_train / tr['samples_per_s'] + n_val * val_ms / 1e3
         rows.append(('one training epoch', fmt_duration(epoch),
-                     f"{n_train:,} samples at {tr['samples_per_s']:.2f} samples/s + validation of {n_val} objects at {val_ms:.0f} ms"))
-        rows += [(f'{e} epoch{"s" if e > 1 else ""}', fmt_duration(e * epoch), 'on this machine') for e in epochs if e > 1]
+                     f"{n_train:,} samples at {tr['samples_per_s']:.2f} samples/s + validation of {n_val} objects at "
+                     f"{val_ms:.0f} ms"))
+        rows += [(f'{e} epoch{"s" if e > 1 else ""}', fmt_duration(e * epoch),
+                  'on this machine') for e in epochs if e > 1]
     out.append("**This machine** (from the measured rates):\n\n" + md_table(['what', 'time', 'how'], rows))
     if not tr: return '\n'.join(out)
     per_sample = tr['flops_per_step'] / tr['batch_size']
     ld = _loader_row(measured)
     g1 = gpu_tflops * 1e12 * gpu_efficiency / per_sample
-    out.append(f"**With GPUs** (*assumed, not measured*: {gpu_tflops:g} TFLOP/s fp32 per GPU at {gpu_efficiency:.0%} efficiency, "
-               f"{gpu_scaling:.0%} scaling efficiency per doubling of GPUs under torchrun; {per_sample / 1e9:.1f} GFLOP per training "
+    out.append(f"**With GPUs** (*assumed, not measured*: {gpu_tflops:g} TFLOP/s fp32 per GPU at {gpu_efficiency:.0%} "
+               f"efficiency, "
+               f"{gpu_scaling:.0%} scaling efficiency per doubling of GPUs under torchrun; {per_sample / 1e9:.1f} "
+               f"GFLOP per training "
                f"sample as counted above):\n")
     grows = []
     for k in n_gpus:
@@ -577,21 +629,28 @@ def paper_estimate(measured: dict, n_sequences=1470, frames_per_sequence=100, ep
         need = sps / ld['samples_per_s'] if ld else None
         grows.append((k, f"{sps:,.0f}", fmt_duration(n_train / sps), fmt_duration(max(epochs) * n_train / sps),
                       '-' if need is None else f"{math.ceil(need)}"))
-    out.append(md_table(['GPUs', 'samples/s (compute)', 'epoch', f'{max(epochs)} epochs', 'loader processes to keep up'], grows))
+    out.append(md_table(['GPUs', 'samples/s (compute)', 'epoch', f'{max(epochs)} epochs',
+                         'loader processes to keep up'], grows))
     first = []
     if ld:
         here = ld['samples_per_s'] * cores
-        first.append(f"The loader draws {fmt_num(ld['samples_per_s'])} samples/s in one process ({ld['workers']} workers); with this machine's "
-                     f"{cores} cores at most ~{fmt_num(here)} samples/s, against {fmt_num(tr['samples_per_s'])} samples/s of training: "
-                     + ("training compute is the limit here." if here > tr['samples_per_s'] else "the loader is the limit here."))
+        first.append(f"The loader draws {fmt_num(ld['samples_per_s'])} samples/s in one process ({ld['workers']} "
+                     f"workers); with this machine's "
+                     f"{cores} cores at most ~{fmt_num(here)} samples/s, against {fmt_num(tr['samples_per_s'])} "
+                     f"samples/s of training: "
+                     + ("training compute is the limit here." if here > tr['samples_per_s']
+                        else "the loader is the limit here."))
         k_max = next((k for k in n_gpus if g1 * k * gpu_scaling ** math.log2(k) > here), None)
-        first.append(f"With GPUs, compute stops being the limit and data loading becomes it "
+        first.append("With GPUs, compute stops being the limit and data loading becomes it "
                      + (f"from {k_max} GPU{'s' if k_max > 1 else ''} on if the loader has only {cores} cores "
                         if k_max else f"only beyond {max(n_gpus)} GPUs with {cores} cores ")
-                     + f"(one GPU needs {math.ceil(g1 / ld['samples_per_s'])} loader process{'es' if math.ceil(g1 / ld['samples_per_s']) > 1 else ''} at the measured rate).")
+                     + f"(one GPU needs {math.ceil(g1 / ld['samples_per_s'])} loader "
+                       f"process{'es' if math.ceil(g1 / ld['samples_per_s']) > 1 else ''} at the measured rate).")
     if prep:
-        first.append(f"Preprocessing is a one-off cost of at least {fmt_duration(frames / prep['frames_per_s'])} here; it is parallel by "
-                     f"sequence, so it scales with cores (decoding CO3D's JPEGs and point clouds, not measured here, adds to it).")
+        first.append(f"Preprocessing is a one-off cost of at least {fmt_duration(frames / prep['frames_per_s'])} here; "
+                     f"it is parallel by "
+                     f"sequence, so it scales with cores (decoding CO3D's JPEGs and point clouds, not measured here, "
+                     f"adds to it).")
     out.append("**What limits first:** " + ' '.join(first) + '\n')
     return '\n'.join(out)
 
@@ -605,7 +664,8 @@ def _machine_md(r) -> str:
     busy = r.get('load_end')
     rows = [('CPU', m['cpu']), ('cores available', f"{m['cores']} (of {m['logical_cpus']} logical CPUs)"),
             ('torch threads', m['torch_threads']), ('RAM', fmt_bytes(m['ram_bytes'])),
-            ('load average (1 min) before / after the run', f"{m.get('load', '-')} / {busy if busy is not None else '-'}"),
+            ('load average (1 min) before / after the run',
+             f"{m.get('load', '-')} / {busy if busy is not None else '-'}"),
             ('CUDA device', m['cuda'] or 'none'), ('OS', m['os']),
             ('Python / torch / numpy / open3d', f"{m['python']} / {m['torch']} / {m['numpy']} / {m['open3d']}"),
             ('sparse3d', m['sparse3d']),
@@ -614,9 +674,12 @@ def _machine_md(r) -> str:
     note = ''
     loads = [x for x in (m.get('load'),) if x is not None]     # the load after counts this benchmark's own work
     if loads and max(loads) >= 0.75 * m['cores']:
-        note = (f"\n> **The machine was busy** (load {max(loads):.1f} on {m['cores']} cores when it started): other processes competed for the CPU, "
-                "and torch's threads lose far more to that than a matmul does (each parallel operation waits for its slowest thread), "
-                "so these numbers are lower bounds, small operations the most. Regenerate on a quiet machine for the record; "
+        note = (f"\n> **The machine was busy** (load {max(loads):.1f} on {m['cores']} cores when it started): other "
+                f"processes competed for the CPU, "
+                "and torch's threads lose far more to that than a matmul does (each parallel operation waits for its "
+                "slowest thread), "
+                "so these numbers are lower bounds, small operations the most. Regenerate on a quiet machine for the "
+                "record; "
                 "where the cores stay shared, `--threads 1` shows what one core does.\n")
     return md_table(['', ''], rows) + note
 
@@ -624,10 +687,12 @@ def _headline_md(r, s) -> str:
     ref, rows = s.get('reference_gflops'), []
     if s.get('train_samples_per_s') is not None:
         t = r['train']
-        rows.append((f"training, {t['num_views']} views {t['image_size']} px, {t['cube_len']}^3, batch {t['batch_size']}",
+        rows.append((f"training, {t['num_views']} views {t['image_size']} px, {t['cube_len']}^3, batch "
+                     f"{t['batch_size']}",
                      f"{t['samples_per_s']:.2f} samples/s", f"{s['train_fraction']:.0%} of matmul"))
     if s.get('inference_ms') is not None:
-        rows.append((f"inference, 4 views {s['inference_image_size']} px, 1 object", f"{s['inference_ms']:.1f} ms/object",
+        rows.append((f"inference, 4 views {s['inference_image_size']} px, 1 object",
+                     f"{s['inference_ms']:.1f} ms/object",
                      f"{_at100(s['inference_ms'], ref, time=True)} ms at 100 GFLOP/s"))
     if s.get('inference_ms_batched') is not None:
         rows.append(('inference, batches of 8', f"{s['inference_ms_batched']:.1f} ms/object",
@@ -637,20 +702,26 @@ def _headline_md(r, s) -> str:
                      f"{s['loader_multiple']:.0f}x training" if s.get('loader_multiple') else '-'))
     if s.get('train_rss'): rows.append(('training peak RSS', fmt_bytes(s['train_rss']), ''))
     if s.get('model_iou') and 4 in s['model_iou']:
-        rows.append((f"IoU at 4 views ({s['quality_run']})", f"{s['model_iou'][4]:.3f}",
-                     f"visual hull {s['model_iou'][4] - s['model_minus_hull'][4]:.3f}" if 4 in s['model_minus_hull'] else ''))
+        hull4 = f"visual hull {s['model_iou'][4] - s['model_minus_hull'][4]:.3f}" if 4 in s['model_minus_hull'] else ''
+        rows.append((f"IoU at 4 views ({s['quality_run']})", f"{s['model_iou'][4]:.3f}", hull4))
     return md_table(['', 'measured', 'relative'], rows) if rows else 'Nothing was measured.\n'
 
 def _train_md(r, s) -> str:
     t, ref = r.get('train'), s.get('reference_gflops')
     if not t: return 'Not measured.\n'
-    rows = [('shape', f"batch {t['batch_size']}, {t['num_views']} views of {t['image_size']} px, {t['cube_len']}^3 grid ({t['parameters']:,} parameters)"),
+    rows = [('shape',
+             f"batch {t['batch_size']}, {t['num_views']} views of {t['image_size']} px, {t['cube_len']}^3 grid "
+             f"({t['parameters']:,} parameters)"),
             ('step time', f"{t['step_s']:.3f} s (median of {t['repeats']})"),
             ('samples/s', f"{t['samples_per_s']:.2f} ({_at100(t['samples_per_s'], ref)} at 100 GFLOP/s)"),
-            ('FLOPs per step', f"{t['flops_per_step'] / 1e9:.1f} GFLOP (FlopCounterMode: forward and backward of the critic step "
+            ('FLOPs per step',
+             f"{t['flops_per_step'] / 1e9:.1f} GFLOP (FlopCounterMode: forward and backward of the critic step "
                                "and of the encoder/generator/refiner step)"),
-            ('achieved', f"{t['gflops']:.1f} GFLOP/s = **{s['train_fraction']:.0%}** of the measured matmul throughput"),
-            ('peak RSS', f"{fmt_bytes(t.get('peak_rss'))} (the whole process; Python + torch alone: {fmt_bytes(r.get('baseline_rss'))})"),
+            ('achieved',
+             f"{t['gflops']:.1f} GFLOP/s = **{s['train_fraction']:.0%}** of the measured matmul throughput"),
+            ('peak RSS',
+             f"{fmt_bytes(t.get('peak_rss'))} (the whole process; Python + torch alone: "
+             f"{fmt_bytes(r.get('baseline_rss'))})"),
             ('skipped (non-finite) steps', t['skipped_steps'])]
     return md_table(['', ''], rows)
 
@@ -658,12 +729,15 @@ def _inference_md(r, s) -> str:
     i, ref = r.get('inference'), s.get('reference_gflops')
     if not i: return 'Not measured.\n'
     rows = [(x['num_views'], x['batch'], f"{x['ms_per_object']:.1f}", _at100(x['ms_per_object'], ref, time=True),
-             f"{x['flops_per_object'] / 1e9:.2f}", f"{x['gflops']:.1f}", f"{x['gflops'] / ref:.0%}" if ref else '-') for x in i['rows']]
+             f"{x['flops_per_object'] / 1e9:.2f}", f"{x['gflops']:.1f}",
+                 f"{x['gflops'] / ref:.0%}" if ref else '-') for x in i['rows']]
     mem = f"Peak RSS of the inference process: {fmt_bytes(i.get('peak_rss'))}"
     if i.get('cuda_peak_bytes') is not None: mem += f"; peak CUDA memory allocated: {fmt_bytes(i['cuda_peak_bytes'])}"
-    return (f"An inference forward (encoder, generator, silhouette votes and refiner) at {i['image_size']} px, {i['cube_len']}^3, "
+    return (f"An inference forward (encoder, generator, silhouette votes and refiner) at {i['image_size']} px, "
+            f"{i['cube_len']}^3, "
             f"median of {i['repeats']}, `sparse3d.model.forward_time`.\n\n"
-            + md_table(['views', 'batch', 'ms/object', 'ms at 100 GFLOP/s', 'GFLOP/object', 'GFLOP/s', 'of matmul'], rows) + '\n' + mem + '.\n')
+            + md_table(['views', 'batch', 'ms/object', 'ms at 100 GFLOP/s', 'GFLOP/object', 'GFLOP/s', 'of matmul'],
+                       rows) + '\n' + mem + '.\n')
 
 def _growth(a, b) -> str:
     return '-' if not a or not b else f"{b / a:.2f}x"
@@ -673,35 +747,47 @@ def _pipeline_md(r, s) -> str:
     if not p or not p['rows']: return 'Not measured.\n'
     rows = []
     for row in p['rows']:
-        for step, what in (('render', f"render ({row['render']['image_size']} px)"), ('preprocess', f"preprocess (to {row['preprocess']['image_size']} px)")):
+        for step, what in (('render', f"render ({row['render']['image_size']} px)"),
+                           ('preprocess', f"preprocess (to {row['preprocess']['image_size']} px)")):
             x = row[step]
-            rows.append((row['n_sequences'], row['render']['frames'], what, f"{fmt_num(x['frames_per_s'])} frames/s", _at100(x['frames_per_s'], ref),
-                         fmt_bytes(x['peak_rss']), fmt_bytes(x['peak_rss_workers'] or None), fmt_bytes(x.get('peak_rss_tree'))))
-        for l in row['loader']:
-            rows.append((row['n_sequences'], row['render']['frames'], f"load ({l['workers']} workers)", f"{fmt_num(l['samples_per_s'])} samples/s",
-                         _at100(l['samples_per_s'], ref), fmt_bytes(l['peak_rss']), fmt_bytes(l['peak_rss_workers'] or None),
-                         fmt_bytes(l.get('peak_rss_tree'))))
+            rows.append((row['n_sequences'], row['render']['frames'], what, f"{fmt_num(x['frames_per_s'])} frames/s",
+                         _at100(x['frames_per_s'], ref),
+                         fmt_bytes(x['peak_rss']), fmt_bytes(x['peak_rss_workers'] or None),
+                             fmt_bytes(x.get('peak_rss_tree'))))
+        for ld in row['loader']:
+            rows.append((row['n_sequences'], row['render']['frames'], f"load ({ld['workers']} workers)",
+                         f"{fmt_num(ld['samples_per_s'])} samples/s",
+                         _at100(ld['samples_per_s'], ref), fmt_bytes(ld['peak_rss']),
+                         fmt_bytes(ld['peak_rss_workers'] or None),
+                         fmt_bytes(ld.get('peak_rss_tree'))))
     n0, n1 = p['rows'][0]['n_sequences'], p['rows'][-1]['n_sequences']
     grow = ''
     if len(p['rows']) > 1:
         a, b = p['rows'][0], p['rows'][-1]
         g = lambda f: _growth(f(a)['peak_rss'], f(b)['peak_rss'])
-        grow = (f"\nFrom {n0} to {n1} sequences ({n1 / n0:.1f}x the data), the peak RSS of rendering grew {g(lambda r: r['render'])}, "
+        grow = (f"\nFrom {n0} to {n1} sequences ({n1 / n0:.1f}x the data), the peak RSS of rendering grew "
+                f"{g(lambda r: r['render'])}, "
                 f"of preprocessing {g(lambda r: r['preprocess'])}, of loading {g(lambda r: r['loader'][0])}: "
                 "memory does not grow with the dataset when these stay near 1.\n")
     pre = p['rows'][-1]['preprocess']
-    return (f"Synthetic chairs (`sparse3d_synth`), {p['n_frames']} frames a sequence, preprocessed (`sparse3d_preprocess`: crops, "
-            f"{pre['cube_len']}^3 voxels, split and packing: {pre['pack_seconds']:.1f} s to pack {n1} sequences), then loaded as in "
-            f"training (batches of {p['rows'][-1]['loader'][0]['batch_size']}, {p['rows'][-1]['loader'][0]['num_views']} views). "
-            f"Each step is its own process; peak RSS of that process, of its largest worker process, and of the whole process tree "
+    return (f"Synthetic chairs (`sparse3d_synth`), {p['n_frames']} frames a sequence, preprocessed "
+            f"(`sparse3d_preprocess`: crops, "
+            f"{pre['cube_len']}^3 voxels, split and packing: {pre['pack_seconds']:.1f} s to pack {n1} sequences), then "
+            f"loaded as in "
+            f"training (batches of {p['rows'][-1]['loader'][0]['batch_size']}, "
+            f"{p['rows'][-1]['loader'][0]['num_views']} views). "
+            f"Each step is its own process; peak RSS of that process, of its largest worker process, and of the whole "
+            f"process tree "
             f"(sampled). Python + torch alone: {fmt_bytes(r.get('baseline_rss'))}.\n\n"
-            + md_table(['sequences', 'frames', 'step', 'rate', 'rate at 100 GFLOP/s', 'peak RSS', 'largest worker', 'process tree'], rows) + grow)
+            + md_table(['sequences', 'frames', 'step', 'rate', 'rate at 100 GFLOP/s', 'peak RSS', 'largest worker',
+                        'process tree'], rows) + grow)
 
 def _quality_md(r) -> str:
     q = r.get('quality')
     if not q or not q.get('runs'):
-        return ("No trained runs were given, so there are no quality numbers. Pass `--runs \"label=<run>/checkpoints/best.pt;...\"` "
-                "and `--test_dir <processed root>` to compare trained models with the visual hull and the mean shape.\n")
+        return ("No trained runs were given, so there are no quality numbers. Pass `--runs "
+                "\"label=<run>/checkpoints/best.pt;...\"` and `--test_dir <processed root>` to compare trained models "
+                "with the visual hull and the mean shape.\n")
     views = sorted({v for e in q['runs'].values() for v in e['model']})
     cells = lambda pv: [f"{pv[v]['iou']:.3f} / {pv[v]['fscore']:.3f}" if v in pv else '-' for v in views]
     rows = [(label, *cells(e['model'])) for label, e in q['runs'].items()]
@@ -709,12 +795,14 @@ def _quality_md(r) -> str:
     rows += [(f"*{names[k]}*", *cells(pv)) for k, pv in q['baselines'].items()]
     first = next(iter(q['runs'].values()))
     runs = md_table(['run', 'checkpoint', 'epoch', 'poses', 'fusion', 'image px', 'threshold'],
-                    [(k, f"`{e['path']}`", e['epoch'], 'yes' if e['use_pose'] else 'no', e['combine_type'], e['image_size'], f"{e['threshold']:g}")
+                    [(k, f"`{e['path']}`", e['epoch'], 'yes' if e['use_pose'] else 'no', e['combine_type'],
+                      e['image_size'], f"{e['threshold']:g}")
                      for k, e in q['runs'].items()])
     warn = ''.join(f"\n> {k}: {w}\n" for k, e in q['runs'].items() for w in e['warnings'])
     return (f"Mean IoU / F-score@1% over {first['n_objects']} objects of the {q['split']} split of `{q['test_dir']}`"
             + (f" (at most {q['max_objects']})" if q.get('max_objects') else '')
-            + f", each method seeing the same views (`sparse3d.evaluate.evaluate_run`); baselines from the evaluation of {q['baselines_from']!r}.\n\n"
+            + f", each method seeing the same views (`sparse3d.evaluate.evaluate_run`); baselines from the evaluation "
+              f"of {q['baselines_from']!r}.\n\n"
             + md_table(['method', *[f"{v} view{'s' if v > 1 else ''}" for v in views]], rows) + '\n' + runs + warn)
 
 TTQ_MINUTES = (1, 2, 5, 10, 20, 30, 60, 120, 240, 480)
@@ -730,17 +818,22 @@ def _ttq_md(r) -> str:
     for k, c in curves.items():
         best = c[-1]['iou']
         to90 = minutes_to(c, 0.9 * best) if best is not None else None
-        rows.append((k, len(c), f"{c[-1]['minutes']:.1f}", f(best), '-' if to90 is None else f"{to90:.1f}", *[f(quality_at(c, m)) for m in marks]))
-    return ("Best validation IoU so far against cumulative training minutes (the epochs' `seconds` in `metrics.jsonl`, validation "
+        rows.append((k, len(c), f"{c[-1]['minutes']:.1f}", f(best), '-' if to90 is None else f"{to90:.1f}",
+                     *[f(quality_at(c, m)) for m in marks]))
+    return ("Best validation IoU so far against cumulative training minutes (the epochs' `seconds` in `metrics.jsonl`, "
+            "validation "
             "excluded), as measured when each run trained, on whatever machine and load it had.\n\n"
-            + md_table(['run', 'epochs', 'minutes', 'best IoU', 'minutes to 90% of it', *[f"IoU @ {m} min" for m in marks]], rows))
+            + md_table(['run', 'epochs', 'minutes', 'best IoU', 'minutes to 90% of it',
+                        *[f"IoU @ {m} min" for m in marks]], rows))
 
 def _profile_md(r) -> str:
     t = r.get('train')
     if not t or not t.get('profile_top'): return 'Not measured.\n'
     rows = [(f"`{x['op']}`", f"{x['self_cpu_ms']:.1f}", f"{x['share']:.1%}", x['calls']) for x in t['profile_top'][:10]]
-    return (f"`torch.profiler`, one training step (batch {t['batch_size']}, {t['num_views']} views of {t['image_size']} px, "
-            f"{t['cube_len']}^3): the 10 operators with the most self CPU time (time in the operator itself, not in what it calls).\n\n"
+    return (f"`torch.profiler`, one training step (batch {t['batch_size']}, {t['num_views']} views of "
+            f"{t['image_size']} px, "
+            f"{t['cube_len']}^3): the 10 operators with the most self CPU time (time in the operator itself, not in "
+            f"what it calls).\n\n"
             + md_table(['operator', 'self CPU ms', 'share', 'calls'], rows))
 
 def benchmarks_markdown(results) -> str:
@@ -749,8 +842,10 @@ def benchmarks_markdown(results) -> str:
     kind = 'a quick run: few repeats and tiny datasets, rough numbers' if r['quick'] else 'the full run'
     parts = ["# sparse3d benchmarks\n",
              f"Generated by `{r['command']}` on {r['created']} ({kind}; it took {fmt_duration(r.get('seconds'))}). "
-             "Do not edit: regenerate it. Timings are medians over repeats; speeds are also given relative to this machine's fp32 "
-             "matmul throughput measured in the same run (\"at 100 GFLOP/s\": scaled to a machine whose matmul reaches 100 GFLOP/s).\n",
+             "Do not edit: regenerate it. Timings are medians over repeats; speeds are also given relative to this "
+             "machine's fp32 "
+             "matmul throughput measured in the same run (\"at 100 GFLOP/s\": scaled to a machine whose matmul reaches "
+             "100 GFLOP/s).\n",
              "## Machine\n", _machine_md(r), "## Headline\n", _headline_md(r, s),
              "## Targets\n", "Goals, not tests: judged against the measured values.\n\n",
              md_table(['target', 'goal', 'measured', 'status'], target_rows(r)),
@@ -793,47 +888,61 @@ def bench_plan(quick=False, **overrides) -> BenchPlan:
     "The full benchmark plan, or the quick one (few repeats, tiny datasets), with `overrides`"
     p = BenchPlan()
     if quick: p = replace(p, matmul_repeats=3, train_repeats=2, infer_repeats=2, infer_warmup=1, sizes=(4, 8), frames=6,
-                          render_size=64, workers=1, loader_workers=(0,), loader_samples=64, max_objects=8, timeout=1200)
+                          render_size=64, workers=1, loader_workers=(0,), loader_samples=64, max_objects=8,
+                          timeout=1200)
     bad = set(overrides) - {f for f in BenchPlan.__dataclass_fields__}
     if bad: raise ConfigError(f"unknown benchmark plan field(s): {', '.join(sorted(bad))}")
     return replace(p, **overrides)
 
 # %% ../nbs/11_benchmarks.ipynb #ec72253a
 def check_run(label, path, test_dir, views='1,2,4,8', split='test', category='chair'):
-    "Check that checkpoint `path` loads and fits the packed `split` of `test_dir` (image size, grid, enough frames for `views`)"
+    """Check that checkpoint `path` loads and fits the packed `split` of `test_dir` (image size, grid, enough frames
+    for `views`)"""
     from sparse3d.train import load_checkpoint, checkpoint_config
     from sparse3d.evaluate import parse_views
     cfg = checkpoint_config(load_checkpoint(path), path)
     d = packed_dir(test_dir, split, category)
     idx = json.loads((d/'index.json').read_text())
     if (idx.get('image_size'), idx.get('cube_len')) != (cfg.image_size, cfg.cube_len):
-        raise DataError(f"{quoted(d)}: packed at {quoted(idx.get('image_size'))} px and {quoted(idx.get('cube_len'))}^3, but run {quoted(label)} ({quoted(path)}) was trained on "
-                        f"{cfg.image_size} px and {cfg.cube_len}^3 grids. Give a --test_dir preprocessed with --image_size {cfg.image_size} "
+        raise DataError(f"{quoted(d)}: packed at {quoted(idx.get('image_size'))} px and "
+                        f"{quoted(idx.get('cube_len'))}^3, but run {quoted(label)} ({quoted(path)}) was trained on "
+                        f"{cfg.image_size} px and {cfg.cube_len}^3 grids. Give a --test_dir preprocessed with "
+                        f"--image_size {cfg.image_size} "
                         f"--cube_len {cfg.cube_len}, or leave that run out.")
     fewest, need = int(np.diff(np.load(d/'offsets.npy')).min(initial=10 ** 9)), max(parse_views(views))
     if fewest < need:
-        raise DataError(f"{quoted(d)}: a {split} sequence has only {fewest} frames, but the quality benchmark shows up to {need} views. "
+        raise DataError(f"{quoted(d)}: a {split} sequence has only {fewest} frames, but the quality benchmark shows up "
+                        f"to {need} views. "
                         f"Use a test root whose sequences have at least {need} frames.")
 
-def check_bench_args(output=None, runs=None, test_dir=None, threads=None, views='1,2,4,8', split='test', category='chair') -> dict:
-    "Parsed `runs`, checked against `test_dir`, `threads` and `output`; a `ConfigError`/`DataError` naming the problem otherwise"
+def check_bench_args(output=None, runs=None, test_dir=None, threads=None, views='1,2,4,8', split='test',
+                     category='chair') -> dict:
+    """Parsed `runs`, checked against `test_dir`, `threads` and `output`; a `ConfigError`/`DataError` naming the
+    problem otherwise"""
     parsed = parse_runs(runs)
     if threads is not None and int(threads) < 1: raise ConfigError(f"--threads must be >= 1, got {threads}.")
     if parsed:
-        if test_dir is None: raise ConfigError("--runs needs --test_dir: the processed root (from sparse3d_preprocess) whose test split the runs are evaluated on.")
+        if test_dir is None:
+            raise ConfigError("--runs needs --test_dir: the processed root (from sparse3d_preprocess) whose test split "
+                              "the runs are evaluated on.")
         for label, path in parsed.items(): check_run(label, path, test_dir, views, split, category)
-    elif test_dir is not None: raise ConfigError("--test_dir is only used with --runs (the checkpoints to evaluate); give both, or neither.")
+    elif test_dir is not None:
+        raise ConfigError("--test_dir is only used with --runs (the checkpoints to evaluate); give both, or neither.")
     if output is not None:
         out = Path(output)
-        if out.is_dir(): raise ConfigError(f"{quoted(out)}: --output is a folder; give a file name, e.g. {quoted(out/'BENCHMARKS.md')}.")
+        if out.is_dir():
+            raise ConfigError(f"{quoted(out)}: --output is a folder; give a file name, e.g. "
+                              f"{quoted(out/'BENCHMARKS.md')}.")
         if out.parent.exists() and not os.access(out.parent, os.W_OK):
             raise ConfigError(f"{quoted(out.parent)}: not writable; choose another --output.")
     return parsed
 
 # %% ../nbs/11_benchmarks.ipynb #38216523
-def run_benchmarks(quick=False, runs=None, test_dir=None, threads=None, device='cpu', work_dir=None, command=None, log=None,
+def run_benchmarks(quick=False, runs=None, test_dir=None, threads=None, device='cpu', work_dir=None, command=None,
+                   log=None,
                    plan: Optional[BenchPlan] = None) -> dict:
-    "Run every benchmark (training, inference, data pipeline, quality of `runs`) and return the results `benchmarks_markdown` writes up"
+    """Run every benchmark (training, inference, data pipeline, quality of `runs`) and return the results
+    `benchmarks_markdown` writes up"""
     plan = plan or bench_plan(quick)
     runs = check_bench_args(None, runs, test_dir, threads, plan.views)
     t_start = time.perf_counter()
@@ -841,27 +950,34 @@ def run_benchmarks(quick=False, runs=None, test_dir=None, threads=None, device='
     say = lambda msg: log(f"[{time.perf_counter() - t_start:5.0f} s] {msg}")
     if threads: torch.set_num_threads(int(threads))
     dev = str(resolve_device(device))
-    res = dict(machine=machine_info(), created=datetime.now(timezone.utc).isoformat(timespec='seconds'), quick=bool(quick),
-               command=command or f"run_benchmarks(quick={quick})", threads=torch.get_num_threads(), device=dev, plan=asdict(plan))
+    res = dict(machine=machine_info(), created=datetime.now(timezone.utc).isoformat(timespec='seconds'),
+               quick=bool(quick),
+               command=command or f"run_benchmarks(quick={quick})", threads=torch.get_num_threads(), device=dev,
+                   plan=asdict(plan))
     say(f"reference: fp32 matmul, n={plan.matmul_n}")
     start = matmul_gflops(plan.matmul_n, plan.matmul_repeats, device=dev)
     kw = dict(threads=res['threads'], timeout=plan.timeout)
     res['baseline_rss'] = run_child('_idle', **kw)['peak_rss']
-    shape = dict(batch_size=plan.batch_size, num_views=plan.num_views, image_size=plan.image_size, cube_len=plan.cube_len)
+    shape = dict(batch_size=plan.batch_size, num_views=plan.num_views, image_size=plan.image_size,
+                 cube_len=plan.cube_len)
     say(f"training at {shape}")
-    res['train'] = run_child('train_benchmark', **kw, **shape, repeats=plan.train_repeats, warmup=plan.train_warmup, device=dev)
+    res['train'] = run_child('train_benchmark', **kw, **shape, repeats=plan.train_repeats, warmup=plan.train_warmup,
+                             device=dev)
     say(f"inference at {plan.image_size} px, views {plan.infer_views}, batches {plan.infer_batches}")
-    res['inference'] = run_child('inference_benchmark', **kw, views=plan.infer_views, batches=plan.infer_batches, image_size=plan.image_size,
-                                 cube_len=plan.cube_len, repeats=plan.infer_repeats, warmup=plan.infer_warmup, device=dev)
+    res['inference'] = run_child('inference_benchmark', **kw, views=plan.infer_views, batches=plan.infer_batches,
+                                 image_size=plan.image_size, cube_len=plan.cube_len, repeats=plan.infer_repeats,
+                                 warmup=plan.infer_warmup, device=dev)
     with tempfile.TemporaryDirectory(prefix='sparse3d_bench_', dir=work_dir) as wd:
-        res['pipeline'] = pipeline_benchmark(wd, plan.sizes, plan.frames, plan.render_size, plan.image_size, plan.cube_len, plan.workers,
-                                             plan.loader_workers, plan.num_views, plan.batch_size, plan.loader_samples, plan.loader_repeats,
-                                             log=say, frame_size=plan.preprocess_frame_size or None, **kw)
-        res['quality'] = quality_benchmark(runs, test_dir, Path(wd)/'eval', plan.views, max_objects=plan.max_objects, device=dev,
-                                           threads=res['threads'], log=say) if runs else None
+        res['pipeline'] = pipeline_benchmark(wd, plan.sizes, plan.frames, plan.render_size, plan.image_size,
+                                             plan.cube_len, plan.workers, plan.loader_workers, plan.num_views,
+                                             plan.batch_size, plan.loader_samples, plan.loader_repeats, log=say,
+                                             frame_size=plan.preprocess_frame_size or None, **kw)
+        res['quality'] = quality_benchmark(runs, test_dir, Path(wd)/'eval', plan.views, max_objects=plan.max_objects,
+                                           device=dev, threads=res['threads'], log=say) if runs else None
     say("reference again")
     end = matmul_gflops(plan.matmul_n, plan.matmul_repeats, device=dev)
-    res['reference'] = dict(gflops=(start + end) / 2, start=start, end=end, n=plan.matmul_n, repeats=plan.matmul_repeats, device=dev)
+    res['reference'] = dict(gflops=(start + end) / 2, start=start, end=end, n=plan.matmul_n,
+                            repeats=plan.matmul_repeats, device=dev)
     res['load_end'], res['seconds'] = load_average(), time.perf_counter() - t_start
     return res
 
@@ -891,16 +1007,20 @@ def bench_cli(output:str='BENCHMARKS.md', # the markdown file to write (atomical
               device:str='cpu', # cpu, auto, cuda or cuda:N (training and inference)
               json_path:str=None, # also write every measured number as JSON to this file
               work_dir:str=None): # where the temporary datasets go (default: the system's temporary folder)
-    "Benchmark training, inference, data loading, preprocessing and rendering speed and memory, and the quality of trained runs; write BENCHMARKS.md"
+    """Benchmark training, inference, data loading, preprocessing and rendering speed and memory, and the quality of
+    trained runs; write BENCHMARKS.md"""
     with cli_errors('sparse3d_bench'):
         parsed = check_bench_args(output, runs, test_dir, threads, bench_plan(quick).views)
         if json_path is not None and Path(json_path).is_dir():
             raise ConfigError(f"{quoted(Path(json_path))}: --json_path is a folder; give a file name.")
         command = bench_command(output=output, quick=quick, runs=runs, test_dir=test_dir, threads=threads,
                                 device=None if device == 'cpu' else device, json_path=json_path)
-        res = run_benchmarks(quick, parsed, test_dir, threads, device, work_dir, command, log=lambda m: print(m, file=sys.stderr, flush=True))
+        res = run_benchmarks(quick, parsed, test_dir, threads, device, work_dir, command,
+                             log=lambda m: print(m, file=sys.stderr, flush=True))
         out = write_benchmarks(res, output, json_path)
         s = summary(res)
-        print(f"{out}: training {fmt_num(s.get('train_samples_per_s'))} samples/s ({fmt_num(100 * (s.get('train_fraction') or 0))}% of "
-              f"{fmt_num(s['reference_gflops'])} GFLOP/s matmul), inference {fmt_num(s.get('inference_ms'))} ms/object at 4 views, "
+        print(f"{out}: training {fmt_num(s.get('train_samples_per_s'))} samples/s "
+              f"({fmt_num(100 * (s.get('train_fraction') or 0))}% of "
+              f"{fmt_num(s['reference_gflops'])} GFLOP/s matmul), inference {fmt_num(s.get('inference_ms'))} ms/object "
+              f"at 4 views, "
               f"loader {fmt_num(s.get('loader_multiple'))}x training; took {fmt_duration(res['seconds'])}")

@@ -67,7 +67,8 @@ def rle_encode(flat) -> bytes:
     return np.stack([values, counts], 1).astype(np.uint8).tobytes()
 
 def rle_decode(data: bytes, size: int, source='data') -> np.ndarray:
-    "The 0/1 vector of length `size` coded by binvox run-length bytes `data`; `DataError` naming `source` (printed as is) if corrupt"
+    """The 0/1 vector of length `size` coded by binvox run-length bytes `data`; `DataError` naming `source` (printed as
+    is) if corrupt"""
     raw = np.frombuffer(data, np.uint8)
     if raw.size % 2:
         raise DataError(f"{source}: binvox data is truncated (odd number of run-length bytes). Re-create the file.")
@@ -104,9 +105,11 @@ def _parse_header(lines, source):
     except (ValueError, IndexError):
         raise DataError(f"{source}: binvox header has a malformed number. Re-create the file.") from None
     if len(dims) != 3 or len(translate) != 3:
-        raise DataError(f"{source}: binvox header needs 3 dims and 3 translate values, got {quoted(dims)} and {quoted(list(translate))}.")
+        raise DataError(f"{source}: binvox header needs 3 dims and 3 translate values, got {quoted(dims)} and "
+                        f"{quoted(list(translate))}.")
     if len(set(dims)) != 1:
-        raise DataError(f"{source}: the grid is {quoted(dims[0])}x{quoted(dims[1])}x{quoted(dims[2])}; sparse3d needs a cubic grid. "
+        raise DataError(f"{source}: the grid is {quoted(dims[0])}x{quoted(dims[1])}x{quoted(dims[2])}; sparse3d needs "
+                        f"a cubic grid. "
                         "Re-voxelise the shape with equal dims.")
     if not 1 <= dims[0] <= MAX_DIM:
         raise DataError(f"{source}: dim {quoted(dims[0])} is out of range (1..{MAX_DIM}).")
@@ -135,9 +138,11 @@ def read_binvox(path) -> VoxelGrid:
     except (OSError, ValueError) as e:          # ValueError: a name the file system cannot encode
         raise DataError(f"{quoted(path)}: cannot read this voxel file ({getattr(e, 'strerror', None) or e}).") from None
     if special:
-        raise DataError(f"{quoted(path)}: is {'a folder' if path.is_dir() else 'not a regular file'}, expected a .binvox file.")
+        raise DataError(f"{quoted(path)}: is {'a folder' if path.is_dir() else 'not a regular file'}, expected a "
+                        f".binvox file.")
     try: raw = path.read_bytes()
-    except FileNotFoundError: raise DataError(f"{quoted(path)}: voxel file not found. Check the path, or re-run preprocessing.") from None
+    except FileNotFoundError:
+        raise DataError(f"{quoted(path)}: voxel file not found. Check the path, or re-run preprocessing.") from None
     except (OSError, ValueError) as e:
         raise DataError(f"{quoted(path)}: cannot read this voxel file ({getattr(e, 'strerror', None) or e}).") from None
     source = quoted(path)                              # how messages name the file: safe to print

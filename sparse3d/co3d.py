@@ -19,12 +19,9 @@ from typing import Optional
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .config import DataError, atomic_write
+from .config import DataError, atomic_write, quoted
 from .geometry import Camera
 from .geometry import look_at as look_at     # re-exported from its old module
-
-# %% ../nbs/02_co3d.ipynb #d77252f9
-from .config import quoted                  # how error messages show input: escaped, cut, one line
 
 # %% ../nbs/02_co3d.ipynb #32a0733f
 INTRINSICS_FORMATS = ('ndc_isotropic', 'ndc_norm_image_bounds')
@@ -100,9 +97,13 @@ def _get(d, keys, typ, where, required=True):
             return None
         v = v[k]
     ok = isinstance(v, typ) and not isinstance(v, bool) if typ is not bool else isinstance(v, bool)
-    if not ok: raise DataError(f"{where}: '{'.'.join(keys)}' should be {getattr(typ, '__name__', typ)}, got {type(v).__name__} {quoted(v)}.")
-    if isinstance(v, float) and not math.isfinite(v): raise DataError(f"{where}: '{'.'.join(keys)}' is {v}, not a finite number.")
-    if isinstance(v, int) and not -2 ** 63 <= v < 2 ** 63: raise DataError(f"{where}: '{'.'.join(keys)}' is a {len(str(abs(v)))}-digit integer, far too large.")
+    if not ok:
+        raise DataError(f"{where}: '{'.'.join(keys)}' should be {getattr(typ, '__name__', typ)}, got "
+                        f"{type(v).__name__} {quoted(v)}.")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise DataError(f"{where}: '{'.'.join(keys)}' is {v}, not a finite number.")
+    if isinstance(v, int) and not -2 ** 63 <= v < 2 ** 63:
+        raise DataError(f"{where}: '{'.'.join(keys)}' is a {len(str(abs(v)))}-digit integer, far too large.")
     return v
 
 def _matrix(v, shape, name, where):
@@ -117,7 +118,8 @@ def checked_viewpoint(d, where):
     "A checked copy of the viewpoint of frame annotation `d` (a dict with a `viewpoint`); `where` names it in errors"
     vp = _get(d, ['viewpoint'], dict, where)
     fmt = vp.get('intrinsics_format') or 'ndc_norm_image_bounds'
-    if fmt not in INTRINSICS_FORMATS: raise DataError(f"{where}: unknown intrinsics_format {quoted(fmt)}; expected one of {INTRINSICS_FORMATS}.")
+    if fmt not in INTRINSICS_FORMATS:
+        raise DataError(f"{where}: unknown intrinsics_format {quoted(fmt)}; expected one of {INTRINSICS_FORMATS}.")
     R = _matrix(vp.get('R'), (3, 3), 'R', where)
     off = np.abs(R @ R.T - np.eye(3)).max()                   # a determinant of 1 is not enough: diag(2, 0.5, 1)
     if off > 1e-3:
@@ -126,8 +128,10 @@ def checked_viewpoint(d, where):
                focal_length=_matrix(vp.get('focal_length'), (2,), 'focal_length', where).tolist(),
                principal_point=_matrix(vp.get('principal_point'), (2,), 'principal_point', where).tolist(),
                intrinsics_format=fmt)
-    if min(out['focal_length']) <= 0: raise DataError(f"{where}: 'viewpoint.focal_length' must be positive, got {out['focal_length']}.")
-    if max(map(abs, out['focal_length'] + out['principal_point'])) > 1e6:     # NDC units: a few; in pixels K would overflow
+    if min(out['focal_length']) <= 0:
+        raise DataError(f"{where}: 'viewpoint.focal_length' must be positive, got {out['focal_length']}.")
+    # NDC units: a few; in pixels K would overflow
+    if max(map(abs, out['focal_length'] + out['principal_point'])) > 1e6:
         raise DataError(f"{where}: 'viewpoint.focal_length' and 'principal_point' are in NDC units (a few), got "
                         f"{quoted(out['focal_length'])} and {quoted(out['principal_point'])}.")
     return out
@@ -145,7 +149,8 @@ def frame_from_dict(d, where='frame annotation') -> FrameAnnotation:
         raise DataError(f"{where}: 'depth.scale_adjustment' must be positive, got {scale}.")
     return FrameAnnotation(
         sequence_name=_get(d, ['sequence_name'], str, where), frame_number=_get(d, ['frame_number'], int, where),
-        image_path=_get(d, ['image', 'path'], str, where), image_size=tuple(size), viewpoint=checked_viewpoint(d, where),
+        image_path=_get(d, ['image', 'path'], str, where), image_size=tuple(size),
+        viewpoint=checked_viewpoint(d, where),
         mask_path=_get(d, ['mask', 'path'], str, where, False), mask_mass=num(['mask', 'mass']),
         depth_path=depth_path, depth_scale_adjustment=float(scale) if scale and scale > 0 else 1.0,
         depth_mask_path=_get(d, ['depth', 'mask_path'], str, where, False), frame_timestamp=num(['frame_timestamp']))
@@ -189,7 +194,9 @@ def _regular_file(path, what, todo='Check the dataset root, or re-download the s
     except (OSError, ValueError) as e:                     # ValueError: a name the file system cannot encode
         raise DataError(f"{quoted(path)}: cannot read this {what} ({getattr(e, 'strerror', None) or e}).") from None
     if stat.S_ISDIR(mode): raise DataError(f"{quoted(path)}: is a folder, expected a {what}.")
-    if not stat.S_ISREG(mode): raise DataError(f"{quoted(path)}: not a regular file (a FIFO, socket or device), expected a {what}. Refusing to read it.")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{quoted(path)}: not a regular file (a FIFO, socket or device), expected a {what}. Refusing "
+                        f"to read it.")
     return path
 
 def load_json(path):
@@ -201,9 +208,11 @@ def load_json(path):
         if path.suffix == '.jgz': raw = gzip.decompress(raw)
         return json.loads(raw.decode('utf-8'))
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{quoted(path)}: not a valid gzip file ({e}). The download is corrupt or truncated; fetch it again.") from None
+        raise DataError(f"{quoted(path)}: not a valid gzip file ({e}). The download is corrupt or truncated; fetch it "
+                        f"again.") from None
     except (ValueError, RecursionError) as e:        # bad UTF-8 or JSON, an integer of 5000 digits, nesting too deep
-        raise DataError(f"{quoted(path)}: not valid JSON ({str(e)[:200] or type(e).__name__}). The file is corrupt; fetch or generate it again.") from None
+        raise DataError(f"{quoted(path)}: not valid JSON ({str(e)[:200] or type(e).__name__}). The file is corrupt; "
+                        f"fetch or generate it again.") from None
 
 def save_json(path, obj):
     "Write `obj` as JSON to `path` (`.jgz`: gzip-compressed), atomically"
@@ -218,7 +227,8 @@ save_jgz = save_json
 def _load_list(path, parse):
     "Records of the JSON list in `path`, each parsed by `parse(record, where)`"
     data = load_json(path)
-    if not isinstance(data, list): raise DataError(f"{quoted(path)}: expected a JSON list of annotations, got {type(data).__name__}.")
+    if not isinstance(data, list):
+        raise DataError(f"{quoted(path)}: expected a JSON list of annotations, got {type(data).__name__}.")
     return [parse(d, f"{quoted(path)} [record {i}]") for i, d in enumerate(data)]
 
 def load_frame_annotations(path) -> list:
@@ -236,12 +246,15 @@ def resolve_in_root(root, rel, what='path') -> Path:
     if not isinstance(rel, str) or not rel or '\x00' in rel:
         raise DataError(f"{quoted(root)}: invalid {what} {quoted(rel)} in the annotations.")
     p = Path(rel)
-    if p.is_absolute() or p.drive: raise DataError(f"{quoted(root)}: {what} {quoted(rel)} is absolute; annotation paths must be relative to the dataset root. Refusing to follow it.")
+    if p.is_absolute() or p.drive:
+        raise DataError(f"{quoted(root)}: {what} {quoted(rel)} is absolute; annotation paths must be relative to the "
+                        f"dataset root. Refusing to follow it.")
     try: full = (root/p).resolve()
     except (OSError, RuntimeError, ValueError) as e:        # a symlink loop, a name the file system cannot encode
         raise DataError(f"{quoted(root)}: {what} {quoted(rel)} cannot be resolved ({e}).") from None
     if not full.is_relative_to(root):
-        raise DataError(f"{quoted(root)}: {what} {quoted(rel)} leads outside the dataset root (to {quoted(full)}). Refusing to follow it.")
+        raise DataError(f"{quoted(root)}: {what} {quoted(rel)} leads outside the dataset root (to {quoted(full)}). "
+                        f"Refusing to follow it.")
     return full
 
 # %% ../nbs/02_co3d.ipynb #cc70eaad
@@ -251,7 +264,8 @@ def _open_image(path, what):
     try:
         im = Image.open(path); im.load(); return im
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{quoted(path)}: corrupt or truncated {what} ({e}). Re-download or regenerate it, or drop the frame.") from None
+        raise DataError(f"{quoted(path)}: corrupt or truncated {what} ({e}). Re-download or regenerate it, or drop the "
+                        f"frame.") from None
 
 def load_image(path) -> np.ndarray:
     "RGB image at `path` as float32 `[H, W, 3]` in [0, 1]"
@@ -268,7 +282,8 @@ def load_depth(path, scale_adjustment=1.0) -> np.ndarray:
     im = _open_image(path, 'depth map')
     a = np.asarray(im)
     if a.dtype != np.uint16 and im.mode not in ('I;16', 'I'):
-        raise DataError(f"{quoted(path)}: a CO3D depth map is a 16-bit PNG, this one is mode {im.mode}. Re-download or regenerate it.")
+        raise DataError(f"{quoted(path)}: a CO3D depth map is a 16-bit PNG, this one is mode {im.mode}. Re-download or "
+                        f"regenerate it.")
     with np.errstate(invalid='ignore', over='ignore'):
         depth = a.astype(np.uint16).view(np.float16).astype(np.float32) * np.float32(scale_adjustment)
     depth[~np.isfinite(depth) | (depth < 0)] = 0
@@ -324,7 +339,8 @@ def _check_ply(path):
         with open(path, 'rb') as f: head = f.read(4096)
     except OSError as e: raise DataError(f"{quoted(path)}: cannot read this point cloud ({e.strerror or e}).") from None
     end = head.find(b'end_header\n')
-    if not head.startswith(b'ply') or end < 0: raise DataError(f"{quoted(path)}: not a PLY file (or its header is cut). Re-download or regenerate it.")
+    if not head.startswith(b'ply') or end < 0:
+        raise DataError(f"{quoted(path)}: not a PLY file (or its header is cut). Re-download or regenerate it.")
     fmt, elements = None, []
     for line in head[:end].decode('ascii', 'replace').splitlines()[1:]:
         p = line.split()
@@ -332,10 +348,16 @@ def _check_ply(path):
         if p[0] == 'format' and len(p) == 3 and p[1] in _PLY_FORMATS and p[2] == '1.0': fmt = p[1]
         elif p[0] == 'element' and len(p) == 3 and p[2].isdigit(): elements.append([p[1], int(p[2]), []])
         elif p[0] == 'property' and elements and len(p) == 5 and p[1] == 'list': elements[-1][2].append((p[4], None))
-        elif p[0] == 'property' and elements and len(p) == 3 and p[1] in _PLY_TYPES: elements[-1][2].append((p[2], _PLY_TYPES[p[1]]))
-        else: raise DataError(f"{quoted(path)}: PLY header line {quoted(line, 60)} is not valid (or not supported). Re-download or regenerate the file.")
-    if fmt is None: raise DataError(f"{quoted(path)}: PLY header has no valid 'format' line (ascii, binary_little_endian or binary_big_endian 1.0).")
-    if [e[0] for e in elements].count('vertex') != 1: raise DataError(f"{quoted(path)}: PLY file has no vertex element (or several).")
+        elif p[0] == 'property' and elements and len(p) == 3 and p[1] in _PLY_TYPES:
+            elements[-1][2].append((p[2], _PLY_TYPES[p[1]]))
+        else:
+            raise DataError(f"{quoted(path)}: PLY header line {quoted(line, 60)} is not valid (or not supported). "
+                            f"Re-download or regenerate the file.")
+    if fmt is None:
+        raise DataError(f"{quoted(path)}: PLY header has no valid 'format' line (ascii, binary_little_endian or "
+                        f"binary_big_endian 1.0).")
+    if [e[0] for e in elements].count('vertex') != 1:
+        raise DataError(f"{quoted(path)}: PLY file has no vertex element (or several).")
     return fmt, elements, end + len(b'end_header\n')
 
 def _ply_vertices(path):
@@ -345,30 +367,40 @@ def _ply_vertices(path):
     _, n, props = elements[v]
     names = [p for p, _ in props]
     if any(t is None for _, t in props) or len(set(names)) != len(names) or not {'x', 'y', 'z'} <= set(names):
-        raise DataError(f"{quoted(path)}: PLY vertices must have x, y, z and no list or repeated properties, got {quoted(names)}.")
+        raise DataError(f"{quoted(path)}: PLY vertices must have x, y, z and no list or repeated properties, got "
+                        f"{quoted(names)}.")
     dtype = lambda ps: np.dtype([(q, _PLY_FORMATS[fmt] + t) for q, t in ps])
     size = os.path.getsize(path)
     if fmt == 'ascii':
         data = Path(path).read_bytes()[offset:]
         lines, skip = data.splitlines(), sum(e[1] for e in elements[:v])
-        if len(lines) < skip + n or (data and not data.endswith(b'\n')):     # a cut number still parses: ask for the last newline
-            raise DataError(f"{quoted(path)}: PLY file is truncated ({len(lines)} lines of data, its header promises {skip + n}). Re-download or regenerate it.")
+        # a cut number still parses: ask for the last newline
+        if len(lines) < skip + n or (data and not data.endswith(b'\n')):
+            raise DataError(f"{quoted(path)}: PLY file is truncated ({len(lines)} lines of data, its header promises "
+                            f"{skip + n}). Re-download or regenerate it.")
         rows = [row.split() for row in lines[skip:skip + n]]
         if any(len(r) != len(props) for r in rows):
-            raise DataError(f"{quoted(path)}: PLY file is corrupt (a vertex line does not have {len(props)} values). Re-download or regenerate it.")
+            raise DataError(f"{quoted(path)}: PLY file is corrupt (a vertex line does not have {len(props)} values). "
+                            f"Re-download or regenerate it.")
         try: table = np.array([tuple(map(float, r)) for r in rows], [(q, 'f8') for q in names])
-        except (ValueError, OverflowError) as e: raise DataError(f"{quoted(path)}: PLY file is corrupt ({e}). Re-download or regenerate it.") from None
+        except (ValueError, OverflowError) as e:
+            raise DataError(f"{quoted(path)}: PLY file is corrupt ({e}). Re-download or regenerate it.") from None
         return table
     for name, _, ps in elements[:v]:
-        if any(t is None for _, t in ps): raise DataError(f"{quoted(path)}: PLY element {quoted(name)} with list properties before the vertices is not supported.")
+        if any(t is None for _, t in ps):
+            raise DataError(f"{quoted(path)}: PLY element {quoted(name)} with list properties before the vertices is "
+                            f"not supported.")
     start = offset + sum(c * dtype(ps).itemsize for _, c, ps in elements[:v])
     need = start + n * dtype(props).itemsize
     if size < need:
-        raise DataError(f"{quoted(path)}: PLY file is truncated ({size} bytes, its header promises {n} points of {dtype(props).itemsize} bytes). Re-download or regenerate it.")
+        raise DataError(f"{quoted(path)}: PLY file is truncated ({size} bytes, its header promises {n} points of "
+                        f"{dtype(props).itemsize} bytes). Re-download or regenerate it.")
     rest = elements[v + 1:]
     if all(t is not None for _, _, ps in rest for _, t in ps):          # no lists after the vertices: the size is known
         total = need + sum(c * dtype(ps).itemsize for _, c, ps in rest)
-        if size != total: raise DataError(f"{quoted(path)}: PLY file is corrupt ({size} bytes, its header says {total}). Re-download or regenerate it.")
+        if size != total:
+            raise DataError(f"{quoted(path)}: PLY file is corrupt ({size} bytes, its header says {total}). Re-download "
+                            f"or regenerate it.")
     return np.fromfile(path, dtype(props), count=n, offset=start)
 
 # %% ../nbs/02_co3d.ipynb #cf2d8987
@@ -378,7 +410,8 @@ def load_pointcloud(path):
     t = _ply_vertices(path)
     cols = lambda *ks: np.stack([t[k] for k in ks], 1) if all(k in t.dtype.names for k in ks) else None
     xyz = cols('x', 'y', 'z').astype(np.float32).reshape(-1, 3)
-    if not np.all(np.isfinite(xyz)): raise DataError(f"{quoted(path)}: point cloud has non-finite coordinates. Re-download or regenerate it.")
+    if not np.all(np.isfinite(xyz)):
+        raise DataError(f"{quoted(path)}: point cloud has non-finite coordinates. Re-download or regenerate it.")
     normals = cols('nx', 'ny', 'nz')
     c = cols('red', 'green', 'blue')
     if c is not None: c = np.clip(c, 0, 255) if c.dtype.kind in 'iu' else np.clip(np.nan_to_num(c), 0, 1) * 255 + 0.5
@@ -407,7 +440,9 @@ def save_pointcloud(path, xyz, normals=None, rgb=None):
 def list_categories(root) -> list:
     "Categories under CO3D root `root`: the folders holding a `frame_annotations.jgz`"
     root = Path(root)
-    if not root.is_dir(): raise DataError(f"{quoted(root)}: dataset root not found (or not a folder). Point --input_dir at a CO3D download or a `sparse3d_synth` output.")
+    if not root.is_dir():
+        raise DataError(f"{quoted(root)}: dataset root not found (or not a folder). Point --input_dir at a CO3D "
+                        f"download or a `sparse3d_synth` output.")
     return sorted(p.parent.name for p in root.glob('*/frame_annotations.jgz'))
 
 def _file_name(s) -> bool:
@@ -419,10 +454,12 @@ def load_subsets(root) -> dict:
     p = Path(root)/'category_to_subset_name_list.json'
     if not p.exists(): return {}
     d = load_json(p)
-    if not isinstance(d, dict): raise DataError(f"{quoted(p)}: expected a JSON object mapping categories to subset names.")
+    if not isinstance(d, dict):
+        raise DataError(f"{quoted(p)}: expected a JSON object mapping categories to subset names.")
     for cat, names in d.items():          # a subset name becomes part of a path: set_lists/set_lists_<name>.json
         if not isinstance(names, list) or not all(_file_name(n) for n in names):
-            raise DataError(f"{quoted(p)}: the subsets of {quoted(cat)} must be a list of plain names (no '/', '..'), got {quoted(names)}.")
+            raise DataError(f"{quoted(p)}: the subsets of {quoted(cat)} must be a list of plain names (no '/', '..'), "
+                            f"got {quoted(names)}.")
     return d
 
 def load_set_list(root, category, subset=None) -> dict:
@@ -434,8 +471,11 @@ def load_set_list(root, category, subset=None) -> dict:
     out = {}
     for split, entries in d.items():
         if not isinstance(entries, list): raise DataError(f"{quoted(p)}: split {quoted(split)} should be a list.")
-        if not all(isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and type(e[1]) is int and isinstance(e[2], str) for e in entries):
-            raise DataError(f"{quoted(p)}: split {quoted(split)} entries must be [sequence_name, frame_number, image_path].")
+        well_formed = lambda e: (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and type(e[1]) is int
+                                 and isinstance(e[2], str))
+        if not all(well_formed(e) for e in entries):
+            raise DataError(f"{quoted(p)}: split {quoted(split)} entries must be [sequence_name, frame_number, "
+                            f"image_path].")
         out[split] = [tuple(e) for e in entries]
     return out
 
@@ -457,7 +497,8 @@ class Co3dCategory:
         try: found = folder.is_dir()
         except OSError: found = False                 # e.g. a name longer than the file system allows
         if not found:
-            raise DataError(f"{quoted(folder)}: category {quoted(category)} not found under the dataset root; it has {quoted(list_categories(self.root))}.")
+            raise DataError(f"{quoted(folder)}: category {quoted(category)} not found under the dataset root; it has "
+                            f"{quoted(list_categories(self.root))}.")
         seqs = {s.sequence_name: s for s in load_sequence_annotations(folder/'sequence_annotations.jgz')}
         frames = {}
         for f in load_frame_annotations(folder/'frame_annotations.jgz'):
@@ -478,7 +519,9 @@ class Co3dCategory:
         out = dict(image=load_image(self.path(f.image_path, 'image path')), camera=f.camera)
         out['mask'] = load_mask(self.path(f.mask_path, 'mask path')) if f.mask_path else None
         if out['image'].shape[:2] != tuple(f.image_size):
-            raise DataError(f"{quoted(self.path(f.image_path))}: image is {out['image'].shape[1]}x{out['image'].shape[0]}, the annotation says {f.image_size[1]}x{f.image_size[0]} (W x H).")
+            raise DataError(f"{quoted(self.path(f.image_path))}: image is "
+                            f"{out['image'].shape[1]}x{out['image'].shape[0]}, the annotation says "
+                            f"{f.image_size[1]}x{f.image_size[0]} (W x H).")
         if depth and f.depth_path:
             out['depth'] = load_depth(self.path(f.depth_path, 'depth path'), f.depth_scale_adjustment)
             if f.depth_mask_path:
@@ -489,5 +532,6 @@ class Co3dCategory:
     def load_pointcloud(self, seq: Co3dSequence):
         "`(xyz, normals, rgb)` of `seq`'s point cloud; `DataError` if it has none"
         if seq.annotation.point_cloud_path is None:
-            raise DataError(f"{quoted(self.root/self.category/seq.name)}: sequence has no point cloud (point_cloud is null); it cannot be voxelised.")
+            raise DataError(f"{quoted(self.root/self.category/seq.name)}: sequence has no point cloud (point_cloud is "
+                            f"null); it cannot be voxelised.")
         return load_pointcloud(self.path(seq.annotation.point_cloud_path, 'point cloud path'))

@@ -201,6 +201,10 @@ class Config:
     workers: int = _knob(2, 'data-loading worker processes', _nonneg, '>= 0')
     refine: bool = _knob(True,
                          "with poses, refine the generator's grid with the input silhouettes seen through the cameras")
+    encoder: str = _knob('global', "with poses: 'global' (one code per object, decoded by the generator, refined by "
+                         "the silhouettes) or 'lifted' (every cell projected into the photos, their features fused and "
+                         "decoded in 3D; refine is then not used); without poses always 'global'",
+                         lambda v: v in ('global', 'lifted'), "'global' or 'lifted'")
     voxel_frame: str = _knob('world', "axes of the voxel grid: the sequence's 'world' axes or the first input 'view'",
                              lambda v: v in ('world', 'view'), "'world' or 'view'")
     fill: str = _knob('solid', "voxelisation of point clouds: 'surface' or 'solid' (closed and filled)",

@@ -12,19 +12,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .config import ConfigError, DataError
+from .config import ConfigError, DataError, quoted
 from .geometry import POSE_DIM as POSE_DIM     # re-exported: `from sparse3d.data import POSE_DIM` keeps working
 from .geometry import VIEW_EXTENT, pose_features, to_view_frame
-from .preprocess import PACKED_SPLITS, SPLITS
-
-# %% ../nbs/05_data.ipynb #4341f161
-from .config import quoted                  # how error messages show input: escaped, cut, one line
+from .preprocess import PACKED_SPLITS
 
 # %% ../nbs/05_data.ipynb #4c1c2ffd
 def packed_dir(root, split, category='chair') -> Path:
     "Folder of the packed arrays of `split`, checked"
     base = Path(root)/category/'packed'
-    if split not in PACKED_SPLITS: raise DataError(f"unknown split {quoted(split)}; use one of {', '.join(PACKED_SPLITS)}.")
+    if split not in PACKED_SPLITS:
+        raise DataError(f"unknown split {quoted(split)}; use one of {', '.join(PACKED_SPLITS)}.")
     d = base/split
     if not (d/'index.json').exists():
         have = sorted(p.name for p in base.glob('*') if (p/'index.json').exists()) if base.exists() else []
@@ -40,12 +38,15 @@ class MultiViewDataset(Dataset):
         self.dir = packed_dir(root, split, category)
         from sparse3d.co3d import load_json
         self.index = load_json(self.dir/'index.json')
-        if not isinstance(self.index, dict) or not all(k in self.index for k in ('sequences', 'image_size', 'cube_len')):
-            raise DataError(f"{quoted(self.dir/'index.json')}: not the index of a packed split. Re-run sparse3d_split to repack.")
+        keys = ('sequences', 'image_size', 'cube_len')
+        if not isinstance(self.index, dict) or not all(k in self.index for k in keys):
+            raise DataError(f"{quoted(self.dir/'index.json')}: not the index of a packed split. Re-run sparse3d_split "
+                            f"to repack.")
         self.names = list(self.index['sequences'])
         self.split, self.num_views, self.seed, self.apply_mask = split, int(num_views), seed, apply_mask
         self.train = (split == 'train') if train is None else train
-        if voxel_frame not in ('world', 'view'): raise ConfigError(f"voxel_frame must be 'world' or 'view', got {quoted(voxel_frame)}")
+        if voxel_frame not in ('world', 'view'):
+            raise ConfigError(f"voxel_frame must be 'world' or 'view', got {quoted(voxel_frame)}")
         self.voxel_frame, self.epoch = voxel_frame, 0
         self.S, self.D = self.index['image_size'], self.index['cube_len']
         if image_size is not None and image_size != self.S:
@@ -57,19 +58,24 @@ class MultiViewDataset(Dataset):
                 load(n) for n in ('images', 'masks', 'K', 'R', 't', 'voxels'))
             self.offsets = np.load(self.dir/'offsets.npy')
         except (OSError, ValueError) as e:
-            raise DataError(f"{quoted(self.dir)}: packed arrays are missing or corrupt ({e}). Re-run sparse3d_split to repack.") from None
+            raise DataError(f"{quoted(self.dir)}: packed arrays are missing or corrupt ({e}). Re-run sparse3d_split to "
+                            f"repack.") from None
         counts, F = np.diff(self.offsets), len(self.images)
         if (len(counts) != len(self.names) or self.offsets[0] != 0 or self.offsets[-1] != F or (counts < 1).any()
-                or any(len(a) != F for a in (self.masks, self.K, self.R, self.t)) or len(self.voxels) != len(self.names)):
-            raise DataError(f"{quoted(self.dir)}: packed arrays do not match index.json. Re-run sparse3d_split to repack.")
+                or any(len(a) != F for a in (self.masks, self.K, self.R,
+                                             self.t)) or len(self.voxels) != len(self.names)):
+            raise DataError(f"{quoted(self.dir)}: packed arrays do not match index.json. Re-run sparse3d_split to "
+                            f"repack.")
         bad = ~(np.isfinite(self.K).all((1, 2)) & np.isfinite(self.R).all((1, 2)) & np.isfinite(self.t).all(1))
         if bad.any():                     # a NaN camera would turn every batch it is in into a skipped step
             seqs = sorted({self.names[int(np.searchsorted(self.offsets, i, 'right')) - 1] for i in np.flatnonzero(bad)})
-            raise DataError(f"{quoted(self.dir)}: the cameras of {len(seqs)} sequence(s) ({', '.join(quoted(s) for s in seqs[:3])}) hold NaN or inf: the "
+            raise DataError(f"{quoted(self.dir)}: the cameras of {len(seqs)} sequence(s) "
+                            f"({', '.join(quoted(s) for s in seqs[:3])}) hold NaN or inf: the "
                             "packed arrays are corrupt. Re-run sparse3d_split to repack them.")
         if len(self.names) and not 1 <= self.num_views <= counts.min():
             worst = self.names[int(counts.argmin())]
-            raise DataError(f"{quoted(self.dir)}: num_views={self.num_views}, but sequence {quoted(worst)} has only {counts.min()} frames. "
+            raise DataError(f"{quoted(self.dir)}: num_views={self.num_views}, but sequence {quoted(worst)} has only "
+                            f"{counts.min()} frames. "
                             f"Use num_views between 1 and {counts.min()}.")
 
     def __len__(self): return len(self.names)

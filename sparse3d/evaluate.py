@@ -22,7 +22,7 @@ from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 import sparse3d
-from .config import Config, ConfigError, DataError, Sparse3DError, atomic_write
+from .config import Config, ConfigError, DataError, Sparse3DError, atomic_write, cli_errors, quoted
 from .binvox import write_binvox
 from .co3d import load_json
 from .data import POSE_DIM, VIEW_EXTENT, MultiViewDataset, packed_dir
@@ -34,7 +34,7 @@ from .baselines import METHODS, MeanShape, evaluate_baselines, mean_shape
 from .photos import IMAGE_SUFFIXES, _image_files, find_photos, photo_sample
 from .report import REPORT_NAME, SNAPSHOT_NAME, results_table, write_report, write_snapshot
 from .report import examples_figure, fig_to_uri, first_rotation, iou_figure, pick_examples, picture_grids
-from .report import plot_photo_views
+from .report import photo_rotation, plot_photo_views
 
 # %% ../nbs/09e_evaluate.ipynb #85bcffc8
 def load_trained(model_path, device='cpu', use_pose=None) -> tuple:
@@ -48,7 +48,7 @@ def load_trained(model_path, device='cpu', use_pose=None) -> tuple:
         else:
             why = ("was trained without camera poses (use_pose: false) and has no pose encoder to give them to. "
                    "Drop --use_pose, or use a model trained with use_pose: true")
-        raise ConfigError(f"{model_path}: --use_pose {str(bool(use_pose)).lower()}, but this model {why}.")
+        raise ConfigError(f"{quoted(model_path)}: --use_pose {str(bool(use_pose)).lower()}, but this model {why}.")
     model = VAEGAN(cfg, POSE_DIM)
     load_model_weights(model, ck, model_path)
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
@@ -66,28 +66,42 @@ def model_threshold(ck: dict, cfg: Config, threshold=None) -> tuple:
 def input_kind(test_dir, category='chair') -> str:
     "'processed' (a processed root: `<category>/packed/`) or 'photos' (a folder of photos); else a `DataError`"
     d = Path(test_dir)
+    try: return _input_kind(d, category)
+    except Sparse3DError: raise
+    except (OSError, ValueError) as e:          # ValueError: a name the file system cannot encode
+        why = getattr(e, 'strerror', None) or e
+        raise DataError(f"{quoted(d)}: cannot read --test_dir (category {quoted(category)}): {why}.") from None
+
+def _input_kind(d: Path, category) -> str:
     if not d.exists():
-        raise DataError(f"{d}: --test_dir not found. Give a processed root (from sparse3d_preprocess) or a folder of "
+        raise DataError(f"{quoted(d)}: --test_dir not found. Give a processed root (from sparse3d_preprocess) or a "
+                        f"folder of "
                         "photos.")
-    if not d.is_dir(): raise DataError(f"{d}: --test_dir is a file; give a processed root or a folder of photos.")
+    if not d.is_dir():
+        raise DataError(f"{quoted(d)}: --test_dir is a file; give a processed root or a folder of photos.")
     if (d/category/'packed').is_dir(): return 'processed'
     if (d/category/'frame_annotations.jgz').exists():
-        raise DataError(f"{d}: a CO3D root that is not preprocessed ({category}/frame_annotations.jgz but no "
-                        f"{category}/packed/). Run sparse3d_preprocess --input_dir {d} --output_dir <processed root> "
+        raise DataError(f"{quoted(d)}: a CO3D root that is not preprocessed "
+                        f"({quoted(Path(category)/'frame_annotations.jgz')} "
+                        f"but no {quoted(Path(category)/'packed')}/). Run sparse3d_preprocess --input_dir {quoted(d)} "
+                        f"--output_dir <processed root> "
                         "first, then pass that root as --test_dir.")
     if (d/'packed').is_dir():
-        raise DataError(f"{d}: this is the category folder of a processed root; pass its parent as --test_dir "
-                        f"(--test_dir {d.parent} --category {d.name}).")
+        raise DataError(f"{quoted(d)}: this is the category folder of a processed root; pass its parent as --test_dir "
+                        f"(--test_dir {quoted(d.parent)} --category {quoted(d.name)}).")
     if (d/'frame_annotations.jgz').exists():
-        raise DataError(f"{d}: a CO3D category folder that is not preprocessed. Run sparse3d_preprocess "
-                        f"--input_dir {d.parent} "
-                        f"--output_dir <processed root> --category {d.name} first, then pass that root as --test_dir.")
+        raise DataError(f"{quoted(d)}: a CO3D category folder that is not preprocessed. Run sparse3d_preprocess "
+                        f"--input_dir {quoted(d.parent)} "
+                        f"--output_dir <processed root> --category {quoted(d.name)} first, then pass that root as "
+                        f"--test_dir.")
     if _image_files(d): return 'photos'
     others = sorted(p.name for p in d.iterdir() if (p/'packed').is_dir())
     if others:
-        raise DataError(f"{d}: no category '{category}' in this processed root (it has: {', '.join(others)}). "
+        raise DataError(f"{quoted(d)}: no category {quoted(category)} in this processed root "
+                        f"(it has: {', '.join(quoted(o) for o in others)}). "
                         "Use --category.")
-    raise DataError(f"{d}: neither a processed root ({category}/packed/ from sparse3d_preprocess) nor a folder of "
+    raise DataError(f"{quoted(d)}: neither a processed root ({quoted(Path(category)/'packed')}/ from "
+                    f"sparse3d_preprocess) nor a folder of "
                     "photos "
                     f"({', '.join(IMAGE_SUFFIXES)} files, with their masks in masks/).")
 
@@ -104,7 +118,8 @@ def write_mesh(path, verts, faces) -> Path:
         with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
             ok = o3d.io.write_triangle_mesh(str(tmpdir/path.name), mesh)
         if not ok:
-            raise DataError(f"{path}: open3d could not write this mesh ({len(verts)} vertices, {len(faces)} faces).")
+            raise DataError(f"{quoted(path)}: open3d could not write this mesh ({len(verts)} vertices, {len(faces)} "
+                            f"faces).")
         os.replace(tmpdir/path.name, path)
     finally: shutil.rmtree(tmpdir, ignore_errors=True)
     return path
@@ -197,13 +212,14 @@ def parse_views(views=None, num_views=None, default=None) -> list:
     if isinstance(views, str):
         try: views = [int(x) for x in views.replace(' ', '').split(',') if x]
         except ValueError:
-            msg = f"--views must be view counts separated by commas, like 1,2,4,8; got {views!r}."
+            msg = f"--views must be view counts separated by commas, like 1,2,4,8; got {quoted(views)}."
             raise ConfigError(msg) from None
     elif isinstance(views, (int, np.integer)): views = [int(views)]
     vs = set(views or []) | ({int(num_views)} if num_views is not None else set())
     if not vs and default is not None: vs = {int(default)}
     if not vs or any(not isinstance(v, (int, np.integer)) or v < 1 for v in vs):
-        raise ConfigError(f"view counts must be whole numbers >= 1, got {sorted(vs, key=str) or 'none'} "
+        raise ConfigError(f"view counts must be whole numbers >= 1, got "
+                          f"{quoted(sorted(vs, key=str)) if vs else 'none'} "
                           "(from --views and --num_views).")
     return sorted(int(v) for v in vs)
 
@@ -239,16 +255,19 @@ def _open_datasets(root, split, views, cfg, category, seed) -> dict:
     d = packed_dir(root, split, category)
     idx = load_json(d/'index.json')
     if idx.get('cube_len') != cfg.cube_len:
-        raise DataError(f"{d}: packed at cube_len {idx.get('cube_len')}, but the model predicts {cfg.cube_len}^3 "
+        raise DataError(f"{quoted(d)}: packed at cube_len {quoted(idx.get('cube_len'))}, but the model predicts "
+                        f"{cfg.cube_len}^3 "
                         "grids. "
                         f"Preprocess the test data with --cube_len {cfg.cube_len}.")
     if idx.get('image_size') != cfg.image_size:
-        raise DataError(f"{d}: packed at image_size {idx.get('image_size')} px, but the model was trained on "
+        raise DataError(f"{quoted(d)}: packed at image_size {quoted(idx.get('image_size'))} px, but the model was "
+                        f"trained on "
                         f"{cfg.image_size} px crops. "
                         f"Preprocess the test data with --image_size {cfg.image_size}.")
     dss = {v: MultiViewDataset(root, split, v, category, train=False, seed=seed, apply_mask=cfg.apply_mask,
                                voxel_frame=cfg.voxel_frame) for v in views}
-    if not len(dss[views[0]]): raise DataError(f"{d}: the {split} split has no objects; choose another --split.")
+    if not len(dss[views[0]]):
+        raise DataError(f"{quoted(d)}: the {quoted(split)} split has no objects; choose another --split.")
     return dss
 
 def _main_views(views, num_views, cfg) -> int:
@@ -264,8 +283,7 @@ def _processed_figures(req: EvalRequest, ds, rows, probs, means, views, main) ->
     figures = dict(iou=iou_figure(means, views), examples=examples_figure(ds, picks, probs, req.threshold))
     label, i = next((p for p in picks if p[0] == 'median'), picks[0])
     s = ds[i]
-    gt_pic, pred_pic = picture_grids([s['voxels'].numpy(), probs[i]], first_rotation(ds, s), [0.5, req.threshold])
-    write_snapshot(req.output_dir, pred_pic, gt_pic, req.threshold)
+    write_snapshot(req.output_dir, probs[i], s['voxels'].numpy(), req.threshold, first_rotation(ds, s))
     row = next(r for r in model_rows if r['id'] == s['id'])
     return figures, dict(label=label, id=s['id'], iou=row['iou'], fscore=row['fscore'])
 
@@ -343,10 +361,11 @@ def _run_photos(req: EvalRequest, model) -> dict:
     photos = find_photos(folder)
     views = parse_views(req.views, req.num_views, len(photos))
     if views[-1] > len(photos):
-        raise DataError(f"{folder}: {views[-1]} views asked for (--num_views/--views), but the folder has "
+        raise DataError(f"{quoted(folder)}: {views[-1]} views asked for (--num_views/--views), but the folder has "
                         f"{len(photos)} photos. Use at most {len(photos)}, or add photos.")
-    if not 0 < float(req.mask_threshold) < 1:
-        raise ConfigError(f"--mask_threshold must be between 0 and 1 (exclusive), got {req.mask_threshold}.")
+    t = req.mask_threshold
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
+        raise ConfigError(f"--mask_threshold must be a number between 0 and 1 (exclusive), got {quoted(t)}.")
     sample = photo_sample(photos[:views[-1]], cfg.image_size, cfg.crop_margin, cfg.apply_mask, poses=cfg.use_pose,
                           mask_threshold=req.mask_threshold)
     Path(req.output_dir).mkdir(parents=True, exist_ok=True)
@@ -361,7 +380,7 @@ def _run_photos(req: EvalRequest, model) -> dict:
     pics = dict(zip(views, picture_grids([grids[v] for v in views], R0, req.threshold)))
     fig = plot_photo_views(sample['images'], {f'prediction, {v} view{"s" if v > 1 else ""}': pics[v] for v in views},
                            req.threshold, names=sample['names'])
-    write_snapshot(req.output_dir, pics[main], None, req.threshold)
+    write_snapshot(req.output_dir, grids[main], None, req.threshold, photo_rotation(sample, cfg))
     used = 'used' if cfg.use_pose else ('given but not used (the model takes none)' if n_posed else 'none')
     cameras = dict(zip(sample['names'], sample['camera_sources']))
     return dict(data=dict(folder=str(folder), n_photos=len(photos), poses=used, cameras=cameras,
@@ -379,10 +398,10 @@ def evaluate_run(*request, **flags) -> dict:
     threshold, source = model_threshold(ck, cfg, req.threshold)
     seed = cfg.seed if req.seed is None else int(req.seed)
     if req.max_objects is not None and int(req.max_objects) < 1:
-        raise ConfigError(f"--max_objects must be >= 1, got {req.max_objects}.")
+        raise ConfigError(f"--max_objects must be >= 1, got {quoted(req.max_objects)}.")
     kind = input_kind(req.test_dir, req.category)
     out = Path(req.output_dir)
-    if out.exists() and not out.is_dir(): raise ConfigError(f"{out}: --output_dir is a file; give a folder.")
+    if out.exists() and not out.is_dir(): raise ConfigError(f"{quoted(out)}: --output_dir is a file; give a folder.")
     seed_everything(seed)
     req = replace(req, threshold=threshold, seed=seed)
     res = (_run_processed if kind == 'processed' else _run_photos)(req, model)     # each checks its inputs first
@@ -440,7 +459,7 @@ def test_cli(model_path:Param('checkpoint to evaluate, e.g. <run>/checkpoints/be
              max_objects:int=None, # evaluate at most this many objects (default: all)
              mask_threshold:float=0.5): # photos: a mask pixel is the object above this (soft masks)
     "Evaluate a trained model on a processed split against the baselines, or predict from photos; writes report.html"
-    try:
+    with cli_errors('sparse3d_test'):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always', AlmostEmptyWarning)
             warnings.simplefilter('always', UserWarning)
@@ -452,5 +471,3 @@ def test_cli(model_path:Param('checkpoint to evaluate, e.g. <run>/checkpoints/be
         for w in caught:
             if str(w.message) in res['warnings']: print(f"warning: {w.message}", file=sys.stderr)
             else: warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    except Sparse3DError as e: sys.exit(f"error: {e}")
-    except OSError as e: sys.exit(f"error: {e.filename or ''}: {e.strerror or e}. Check the path and its permissions.")

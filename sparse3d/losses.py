@@ -7,7 +7,6 @@ __all__ = ['batch_pos_weight', 'weighted_bce', 'soft_dice_loss', 'reconstruction
            'discriminator_loss', 'generator_adv_loss', 'vae_gan_loss']
 
 # %% ../nbs/07_losses.ipynb #107b7ecd
-import math
 from typing import Optional
 
 import torch
@@ -18,7 +17,8 @@ from .config import Config, ConfigError, quoted
 # %% ../nbs/07_losses.ipynb #6f9c882f
 def _check_grids(logits, target):
     if logits.shape != target.shape or logits.ndim != 4:
-        raise ValueError(f"logits and target must both be [B, D, D, D], got {list(logits.shape)} and {list(target.shape)}")
+        raise ValueError(f"logits and target must both be [B, D, D, D], got {list(logits.shape)} and "
+                         f"{list(target.shape)}")
 
 def batch_pos_weight(target, min_weight: float = 1., max_weight: float = 100.):
     "Empty/occupied ratio of the cells of `target`, clamped to `[min_weight, max_weight]` (a 0-d tensor)"
@@ -30,7 +30,8 @@ def weighted_bce(logits, target, pos_weight: Optional[float] = None, clamp=(1., 
     "BCE-with-logits, mean over cells, occupied cells weighted by `pos_weight` (None: `batch_pos_weight`)"
     _check_grids(logits, target)
     logits, target = logits.float(), target.float()
-    w = batch_pos_weight(target, *clamp) if pos_weight is None else torch.tensor(float(pos_weight), device=logits.device)
+    if pos_weight is None: w = batch_pos_weight(target, *clamp)
+    else: w = torch.tensor(float(pos_weight), device=logits.device)
     return F.binary_cross_entropy_with_logits(logits, target, pos_weight=w)
 
 def soft_dice_loss(logits, target, eps: float = 1.):
@@ -70,7 +71,8 @@ def kl_weight(step: int, total_steps: int, cfg: Config, interp: str = 'log') -> 
 def discriminator_loss(d_real, d_recon, d_prior=None, cfg: Config = None):
     "Critic loss: BCE of real logits against `1 - label_smoothing`, plus the mean BCE of the fake logits against 0"
     smoothing = (cfg or Config()).label_smoothing
-    real = F.binary_cross_entropy_with_logits(d_real.float(), torch.full_like(d_real, 1 - smoothing, dtype=torch.float32))
+    real = F.binary_cross_entropy_with_logits(d_real.float(),
+                                              torch.full_like(d_real, 1 - smoothing, dtype=torch.float32))
     fakes = [F.binary_cross_entropy_with_logits(d.float(), torch.zeros_like(d, dtype=torch.float32))
              for d in (d_recon, d_prior) if d is not None]
     return real + sum(fakes) / len(fakes)
@@ -89,6 +91,7 @@ def vae_gan_loss(out, target, d_recon, d_prior, step: int, total_steps: int, cfg
     w = kl_weight(step, total_steps, cfg, interp)
     terms['kl_weight'] = torch.tensor(w, device=terms['kl'].device)
     has_adv = d_recon is not None or d_prior is not None
-    terms['adv'] = generator_adv_loss(*[d for d in (d_recon, d_prior) if d is not None]) if has_adv else terms['kl'].new_zeros(())
+    critic_logits = [d for d in (d_recon, d_prior) if d is not None]
+    terms['adv'] = generator_adv_loss(*critic_logits) if has_adv else terms['kl'].new_zeros(())
     terms['total'] = terms['recon'] + w * terms['kl'] + cfg.adv_weight * terms['adv']
     return terms

@@ -18,7 +18,7 @@ import torch
 from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 
-from .config import ConfigError, DataError
+from .config import ConfigError, DataError, quoted
 from .geometry import sample_surface
 
 # %% ../nbs/09a_metrics.ipynb #3180d331
@@ -56,7 +56,7 @@ def _check_threshold(threshold) -> float:
     "`threshold` as a float, checked to lie in (0, 1)"
     number = isinstance(threshold, (int, float, np.floating, np.integer)) and not isinstance(threshold, bool)
     if not number or not 0 < threshold < 1:
-        raise ConfigError(f"threshold must be a number in (0, 1), got {threshold!r}. "
+        raise ConfigError(f"threshold must be a number in (0, 1), got {quoted(threshold)}. "
                           "Use the IoU-best threshold of a validation sweep (0.5 when in doubt).")
     return float(threshold)
 
@@ -179,7 +179,7 @@ def _one_grid(grid, name):
 def _check_extent(extent) -> float:
     if isinstance(extent, bool) or not isinstance(extent, (int, float, np.floating)) or not extent > 0:
         raise ConfigError(f"extent must be > 0 (the grid covers [-extent, extent]^3; 0.5 in the world frame), "
-                          f"got {extent!r}.")
+                          f"got {quoted(extent)}.")
     return float(extent)
 
 def grid_mesh(grid, threshold=0.5, extent=0.5):
@@ -208,8 +208,9 @@ def _as_surface(x, threshold, n_points, seed, extent, name):
 def surface_metrics(pred, target, threshold=0.5, tau=TAU, n_points=N_POINTS, seed=0, distance='mesh',
                     extent=0.5) -> dict:
     "F-score at `tau`, precision, recall, Chamfer-L1 of the surfaces of `pred >= threshold` and `target` (or Surfaces)"
-    if distance not in ('mesh', 'points'): raise ConfigError(f"distance must be 'mesh' or 'points', got {distance!r}.")
-    if not tau > 0: raise ConfigError(f"tau must be > 0, got {tau!r}.")
+    if distance not in ('mesh', 'points'):
+        raise ConfigError(f"distance must be 'mesh' or 'points', got {quoted(distance)}.")
+    if not tau > 0: raise ConfigError(f"tau must be > 0, got {quoted(tau)}.")
     if not isinstance(pred, Surface) and not isinstance(target, Surface): _pair(pred, target)   # same shape
     ps = _as_surface(pred, threshold, n_points, seed, extent, 'prediction')
     ts = _as_surface(target, 0.5, n_points, seed + 1, extent, 'target')
@@ -260,7 +261,7 @@ class AlmostEmptyWarning(UserWarning):
 
 def threshold_for_occupancy(prob, occupancy) -> float:
     "The largest threshold `t` with `mean(prob >= t) >= occupancy` (`occupancy` in (0, 1])"
-    if not 0 < occupancy <= 1: raise ConfigError(f"occupancy must be in (0, 1], got {occupancy!r}.")
+    if not 0 < occupancy <= 1: raise ConfigError(f"occupancy must be in (0, 1], got {quoted(occupancy)}.")
     p = _one_grid(prob, 'prediction').ravel()
     k = max(1, math.ceil(occupancy * p.size - 1e-9))
     return float(np.partition(p, p.size - k)[p.size - k])
@@ -271,7 +272,7 @@ def check_occupancy(prob, threshold=0.5, expected: Optional[float] = None, min_r
     p = _one_grid(prob, 'prediction')
     source = ''
     if expected is None: expected, source = float(p.mean()), " (the prediction's mean probability)"
-    if not 0 < expected <= 1: raise ConfigError(f"expected occupancy must be in (0, 1], got {expected!r}.")
+    if not 0 < expected <= 1: raise ConfigError(f"expected occupancy must be in (0, 1], got {quoted(expected)}.")
     n, occ = p.size, int((p >= threshold).sum())
     if occ >= min_ratio * expected * n: return None
     t = threshold_for_occupancy(p, expected)

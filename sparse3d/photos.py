@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .config import DataError
+from .config import DataError, quoted
 from .co3d import checked_viewpoint, load_image, load_json, load_mask, viewpoint_to_camera
 from .geometry import Camera, pose_features, visual_hull
 from .preprocess import MIN_MASK_PIXELS, crop_resize, mask_box
@@ -41,12 +41,13 @@ def find_photos(folder) -> list:
     "The `Photo`s of `folder`, sorted by name: images, `masks/<name>.*`, optional `poses/<name>_pose.json`"
     folder = Path(folder)
     images = _image_files(folder)
-    if not images: raise DataError(f"{folder}: no photos here ({', '.join(IMAGE_SUFFIXES)} files).")
+    if not images: raise DataError(f"{quoted(folder)}: no photos here ({', '.join(IMAGE_SUFFIXES)} files).")
     stems = [p.stem for p in images]
     twins = sorted({s for s in stems if stems.count(s) > 1})
     if twins:
-        same = ', '.join(p.name for p in images if p.stem == twins[0])
-        raise DataError(f"{folder}: several photos are named {twins[0]} ({same}); masks and poses are matched by base "
+        same = ', '.join(quoted(p.name) for p in images if p.stem == twins[0])
+        raise DataError(f"{quoted(folder)}: several photos are named {quoted(twins[0])} ({same}); masks and poses are "
+                        f"matched by base "
                         "name, so rename all but one.")
     masks = {}
     if (folder/'masks').is_dir():
@@ -54,7 +55,8 @@ def find_photos(folder) -> list:
             masks.setdefault(q.stem, q)
     missing = [p.name for p in images if p.stem not in masks]
     if missing:
-        raise DataError(f"{folder}: no mask for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}: every "
+        raise DataError(f"{quoted(folder)}: no mask for "
+                        f"{', '.join(quoted(m) for m in missing[:5])}{' ...' if len(missing) > 5 else ''}: every "
                         "photo needs masks/<name>.png (white = the object, the photo's size), e.g. from a "
                         "background-removal tool.")
     pose = lambda s: folder/'poses'/f'{s}_pose.json' if (folder/'poses'/f'{s}_pose.json').is_file() else None
@@ -64,7 +66,7 @@ def photo_camera(path, image_size) -> tuple:
     "`(Camera, has_intrinsics)` of pose file `path` (CO3D `R`, `T`, optional intrinsics) for an image of `image_size`"
     d = load_json(path)
     if not isinstance(d, dict):
-        raise DataError(f"{path}: a pose file must be a JSON object with CO3D's R (3x3) and T (3), "
+        raise DataError(f"{quoted(path)}: a pose file must be a JSON object with CO3D's R (3x3) and T (3), "
                         f"got {type(d).__name__}.")
     has_k = d.get('focal_length') is not None
     vp = {**d, 'focal_length': d.get('focal_length') if has_k else [1.0, 1.0],
@@ -86,8 +88,9 @@ def load_photo(photo: Photo, image_size=224, crop_margin=0.1, apply_mask=True, m
     if msk.shape != img.shape[:2]:
         up = _upright(photo.image)
         if up is None or up.shape[:2] != msk.shape:
-            raise DataError(f"{photo.mask}: the mask is {msk.shape[1]}x{msk.shape[0]} pixels but the photo "
-                            f"{photo.image.name} is {img.shape[1]}x{img.shape[0]}; a mask must have its photo's size.")
+            raise DataError(f"{quoted(photo.mask)}: the mask is {msk.shape[1]}x{msk.shape[0]} pixels but the photo "
+                            f"{quoted(photo.image.name)} is {img.shape[1]}x{img.shape[0]}; a mask must have its "
+                            f"photo's size.")
         img = up
     notes = []
     if silhouette is None:
@@ -122,8 +125,8 @@ def photo_sample(photos, image_size=224, crop_margin=0.1, apply_mask=True, poses
     if poses:
         missing = [v['name'] for v in views if v['camera'] is None]
         if missing:
-            raise DataError(f"{Path(photos[0].image).parent}: this model was trained with camera poses, but "
-                            f"{', '.join(missing[:5])} {'has' if len(missing) == 1 else 'have'} no "
+            raise DataError(f"{quoted(Path(photos[0].image).parent)}: this model was trained with camera poses, but "
+                            f"{', '.join(quoted(m) for m in missing[:5])} {'has' if len(missing) == 1 else 'have'} no "
                             "poses/<name>_pose.json. "
                             "Give every photo its pose "
                             "(CO3D's R and T), or use a model trained with use_pose: false.")
@@ -159,7 +162,7 @@ def fill_mask(mask, threshold=0.5, gap=None) -> np.ndarray:
 def judge_mask(mask, threshold=0.5, where='mask') -> tuple:
     """`(silhouette, filled, notes)`: `mask` thresholded at `threshold`, filled when it is outline-like, whether it was,
     and what was wrong with it (empty masks raise a `DataError`)"""
-    fg = np.asarray(mask) > threshold
+    fg, where = np.asarray(mask) > threshold, quoted(Path(where))
     if fg.sum() < MIN_MASK_PIXELS:
         raise DataError(f"{where}: (almost) empty mask, fewer than {MIN_MASK_PIXELS} pixels above {threshold:g}. "
                         "White must mark the object in the photo (for a soft mask, lower --mask_threshold).")

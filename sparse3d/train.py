@@ -26,7 +26,7 @@ import sparse3d
 from .config import (Config, ConfigError, CheckpointError, OutputError, Sparse3DError, atomic_write, load_config, save_config,
                              config_to_yaml)
 from .data import MultiViewDataset, make_loader, POSE_DIM
-from .model import VAEGAN, VAEOutput, reparameterize, pose_frame, decode_in_frame, refine_logits, model_inputs
+from .model import VAEGAN, decode_in_frame, encode_decode, is_lifted, model_inputs, subsample_views
 from .losses import vae_gan_loss, discriminator_loss
 
 # %% ../nbs/08_train.ipynb #a626aabd
@@ -71,7 +71,7 @@ def set_rng_state(d: dict):
 
 # %% ../nbs/08_train.ipynb #1a6b39b4
 CHECKPOINT_FORMAT = 1
-ARCH_KEYS = ('z_size', 'cube_len', 'use_pose')
+ARCH_KEYS = ('z_size', 'cube_len', 'use_pose', 'encoder')
 REQUIRED_KEYS = ('format', 'model', 'config', 'epoch', 'step', 'history', 'pose_dim')
 
 def save_checkpoint(path, ckpt: dict) -> Path:
@@ -119,7 +119,9 @@ def checkpoint_config(ck, path='checkpoint') -> Config:
 def load_model_weights(model: VAEGAN, ck: dict, path='checkpoint'):
     "Load the weights of checkpoint `ck` into `model`, or say which config values make them incompatible"
     cfg = ck['config']
-    diff = {k: (cfg.get(k), getattr(model.cfg, k)) for k in ARCH_KEYS if cfg.get(k) != getattr(model.cfg, k)}
+    ref = Config()                       # a key the checkpoint lacks (written before it existed) has its default
+    diff = {k: (cfg.get(k, getattr(ref, k)), getattr(model.cfg, k)) for k in ARCH_KEYS
+            if cfg.get(k, getattr(ref, k)) != getattr(model.cfg, k)}
     if ck.get('pose_dim', POSE_DIM) != POSE_DIM: diff['pose_dim'] = (ck.get('pose_dim'), POSE_DIM)
     if diff:
         what = ', '.join(f"{k}={quoted(a)} in the checkpoint, {quoted(b)} here" for k, (a, b) in diff.items())
@@ -169,20 +171,19 @@ def _call(callbacks, hook, state):
 
 # %% ../nbs/08_train.ipynb #7df26eb8
 class Generative(nn.Module):
-    "Encoder, generator and refiner of a `VAEGAN` as one module: `(images, poses, cameras) -> (VAEOutput, logits)`"
+    """Encoder, generator and refiner or lifted decoder of a `VAEGAN` as one module: `(images, poses, cameras) ->
+    (VAEOutput, prior logits)`"""
     def __init__(self, model: VAEGAN):
         super().__init__()
         self.encoder, self.generator, self.refiner = model.encoder, model.generator, model.refiner
+        self.lifted = getattr(model, 'lifted', None)
         self.z_size, self.cfg = model.z_size, model.cfg
 
     def forward(self, images, poses=None, cameras=None):
-        p, R0 = pose_frame(poses, self.cfg.use_pose, self.cfg.voxel_frame)
-        mu, logvar = self.encoder(images, p)
-        z = reparameterize(mu, logvar, self.training)
-        prior = torch.randn(len(z), self.z_size, device=z.device, dtype=z.dtype)
-        logits = refine_logits(self.refiner, decode_in_frame(self.generator, z, R0), cameras, self.cfg)
+        out, R0 = encode_decode(self, images, poses, cameras, self.training)
+        prior = torch.randn(len(out.z), self.z_size, device=out.z.device, dtype=out.z.dtype)
         # prior shapes are placed with the batch's rotations, so the critic sees them in the frame of the real ones
-        return VAEOutput(logits, mu, logvar, z), decode_in_frame(self.generator, prior, R0)
+        return out, decode_in_frame(self.generator, prior, R0)
 
 def _finite(*xs): return all(bool(torch.isfinite(x).all()) for x in xs)
 
@@ -195,6 +196,7 @@ def train_step(state: TrainState, batch: dict, gen: nn.Module, critic: nn.Module
     "One critic step and one encoder+generator step on `batch`; the losses, or None if it was skipped (non-finite)"
     cfg, dev = state.cfg, state.device
     inputs = model_inputs(batch, cfg, dev)
+    if is_lifted(cfg): inputs = subsample_views(inputs)              # 1 to num_views views: any count at test time
     target = batch['voxels'].to(dev, non_blocking=True)
     flat = [inputs['images'], target, *([inputs['poses']] if 'poses' in inputs else []),
             *inputs.get('cameras', {}).values()]
@@ -330,8 +332,10 @@ def _is_oom(e):
             or 'out of memory' in str(e).lower() or "can't allocate memory" in str(e).lower())
 
 def optimizers(model: VAEGAN, cfg: Config) -> tuple:
-    "`(opt_eg, opt_d)`: Adam over the encoder (`e_lr`), generator and refiner (`g_lr`); Adam over the critic (`d_lr`)"
-    gen = [*model.generator.parameters(), *(model.refiner.parameters() if model.refiner is not None else [])]
+    """`(opt_eg, opt_d)`: Adam over the encoder (`e_lr`) and the generator and refiner or lifted decoder (`g_lr`), and
+    Adam over the critic (`d_lr`)"""
+    decoders = [m for m in (model.refiner, getattr(model, 'lifted', None)) if m is not None]
+    gen = [*model.generator.parameters(), *(p for m in decoders for p in m.parameters())]
     opt_eg = torch.optim.Adam([dict(params=model.encoder.parameters(), lr=cfg.e_lr), dict(params=gen, lr=cfg.g_lr)],
                               betas=(cfg.beta1, cfg.beta2))
     return opt_eg, torch.optim.Adam(model.discriminator.parameters(), lr=cfg.d_lr, betas=(cfg.beta1, cfg.beta2))

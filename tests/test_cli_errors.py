@@ -26,8 +26,6 @@ from sparse3d.config import Sparse3DError
 def _fails(*a, **k): raise Sparse3DError("benchmark step train failed (exit status 1): killed")
 b.run_benchmarks = _fails
 '''
-UNWIRED = pytest.mark.xfail(strict=True, reason='sparse3d_test (09_evaluate) is not wired to config.cli_errors yet: '
-                                                'wire test_cli to it, then remove this marker')
 
 
 def ends_with_error(p, prog, code, *words):
@@ -84,7 +82,7 @@ BAD_INPUTS = {   # program: (arguments given a tmp folder and the tiny dataset, 
 }
 
 
-@pytest.mark.parametrize('prog', [pytest.param(p, marks=UNWIRED) if p == 'sparse3d_test' else p for p in BAD_INPUTS])
+@pytest.mark.parametrize('prog', list(BAD_INPUTS))
 def test_bad_input_exits_2(prog, faults_data, tmp_path):
     (tmp_path/'empty').mkdir()
     args, words = BAD_INPUTS[prog]
@@ -140,7 +138,7 @@ def copy(src, dst):
     return dst
 
 
-@pytest.mark.parametrize('prog', [pytest.param(p, marks=UNWIRED) if p == 'sparse3d_test' else p for p in RUN_TIME])
+@pytest.mark.parametrize('prog', list(RUN_TIME))
 def test_failure_at_run_time_exits_1(prog, faults_data, tmp_path):
     fault, args = RUN_TIME[prog]
     p = run_with_fault(tmp_path, prog, fault, *args(tmp_path, faults_data))

@@ -160,8 +160,8 @@ def test_photos_pose_model(world, photos, tmp_path):
     assert m['inputs'][0]['camera']['image_size'] == [64, 64]                # the crop's camera
     p = sparse3d_test('--model_path', ckpt(world), '--test_dir', bare, '--output_dir', tmp_path/'no', '--device', 'cpu',
                       ok=False)
-    assert p.returncode != 0 and p.stderr.strip().startswith('error: '), p.stderr
-    assert 'trained with camera poses, but IMG_0001' in p.stderr, p.stderr
+    assert p.returncode == 2 and p.stderr.strip().startswith('sparse3d_test: error: '), p.stderr
+    assert "trained with camera poses, but 'IMG_0001'" in p.stderr, p.stderr
     assert not (tmp_path/'no').exists()
 
 
@@ -191,11 +191,12 @@ def test_bad_inputs_are_one_line_errors(world, bad_checkpoints, tmp_path, case):
         'use_pose': ({**args, 'use_pose': 'false'},
                      'trained with camera poses (use_pose: true) and cannot run without them'),
         'bad_views': ({**args, 'views': '1,x'}, '--views must be view counts separated by commas'),
-        'category': ({**args, 'category': 'car'}, "no category 'car' in this processed root (it has: chair)"),
+        'category': ({**args, 'category': 'car'}, "no category 'car' in this processed root (it has: 'chair')"),
     }[case]
     p = sparse3d_test(*[a for k, v in args.items() for a in (f'--{k}', v)], ok=False)
-    assert p.returncode != 0
-    assert p.stderr.startswith('error: ') and p.stderr.count('\n') == 1 and 'Traceback' not in p.stderr, p.stderr
+    assert p.returncode == 2, (p.returncode, p.stderr)   # bad input: exit status 2
+    assert p.stderr.startswith('sparse3d_test: error: '), p.stderr
+    assert p.stderr.count('\n') == 1 and 'Traceback' not in p.stderr, p.stderr
     assert expect in p.stderr, p.stderr
     assert p.stdout == '' and not (tmp_path/'out').exists()
 

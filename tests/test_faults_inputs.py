@@ -582,7 +582,12 @@ def sites(ctx, text):
     from sparse3d.co3d import Co3dCategory, resolve_in_root
     from sparse3d.data import packed_dir
     from sparse3d.synthetic import check_synth_args
+    from sparse3d.evaluate import input_kind, parse_views
+    from sparse3d.metrics import batch_iou, surface_metrics
     root = ctx.tmp/'root'
+    processed = ctx.tmp/'processed'
+    (processed/'chair'/'packed').mkdir(parents=True, exist_ok=True)
+    grid = np.zeros((1, 4, 4, 4), np.float32)
     (root/'chair').mkdir(parents=True, exist_ok=True)
     header, data = text.encode('utf-8', 'surrogatepass').replace(b'\ndata\n', b''), b'\ndata\n\x00\x08'
     frame = dict(ctx.s['frame'], image=dict(ctx.s['frame']['image'], size=text))
@@ -608,12 +613,18 @@ def sites(ctx, text):
         'split name': lambda: packed_dir(root, text),
         'bench runs': lambda: parse_runs(f'{text}=missing.pt;'),
         'synth category': lambda: check_synth_args(ctx.tmp/'out', 1, 1, 64, 0, 1, text),
+        'eval views': lambda: parse_views(text),
+        'eval threshold': lambda: batch_iou(grid, grid, text),
+        'eval distance': lambda: surface_metrics(grid[0], grid[0], distance=text),
+        'eval test_dir': lambda: input_kind(ctx.tmp/'no such folder'/text),
+        'eval category': lambda: input_kind(processed, text),
     }
 
 
 SITES = ['subset value', 'subset name', 'set list split', 'frame record', 'frame image size', 'sequence record',
          'annotation path', 'category', 'config key', 'config value', 'config number', 'binvox version', 'binvox dims',
-         'missing file', 'split name', 'bench runs', 'synth category']
+         'missing file', 'split name', 'bench runs', 'synth category', 'eval views', 'eval threshold', 'eval distance',
+         'eval test_dir', 'eval category']
 
 
 def check_site(ctx, x):
@@ -632,7 +643,8 @@ test_raise_sites_quote_input, test_raise_sites_quote_input_deep = fuzz(
     check_site,
     'names, values, keys and paths holding newlines, escape sequences, line separators, bidi marks, lone surrogates or '
     '20,000 characters, fed to the raise sites of subsets, set lists, frame and sequence annotations, annotation '
-    'paths, categories, config keys and values, binvox headers, split names, --runs labels and synth arguments',
+    'paths, categories, config keys and values, binvox headers, split names, --runs labels, synth arguments, and '
+    'evaluation\'s --views, thresholds, distances, --test_dir paths and categories',
     200, 2000,
     expect='a one-line printable Sparse3DError (the input escaped and cut), or a correct value',
     examples=[('missing file', '\ud800'), ('annotation path', '\ud800')])   # once a raw UnicodeEncodeError from os.stat

@@ -106,7 +106,7 @@ def test_soft_masks_and_mask_threshold(ckpt, folder, tmp_path):
     d = edited(folder, tmp_path, soften)
     p = sparse3d_test('--model_path', ckpt, '--test_dir', d, '--output_dir', tmp_path/'no', ok=False)
     lines = p.stderr.strip().splitlines()
-    assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: '), p.stderr
+    assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith('sparse3d_test: error: '), p.stderr
     assert 'IMG_0001.png: (almost) empty mask' in lines[0] and '--mask_threshold' in lines[0], p.stderr
     assert not (tmp_path/'no').exists()
     p = sparse3d_test('--model_path', ckpt, '--test_dir', d, '--output_dir', tmp_path/'ok', '--mask_threshold', '0.3')

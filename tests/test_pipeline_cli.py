@@ -93,3 +93,19 @@ def test_ddp_two_gloo_processes(processed, small_cfg, tmp_path):
     q = run(BIN/'sparse3d_train', '--input_dir', processed/'proc', '--output_dir', tmp_path, '--resume',
             '--n_epochs', 2, '--device', 'cpu')
     assert 'done: 2 epochs' in q.stdout
+
+
+def test_ddp_lifted_encoder(processed, tmp_path):
+    "encoder: lifted under torchrun: one forward per step holds the lifted decoder too, the ranks end identical"
+    cfg = tmp_path/'lifted.yaml'
+    cfg.write_text('image_size: 64\nbatch_size: 2\nnum_views: 3\nz_size: 16\nn_epochs: 1\nworkers: 0\nencoder: lifted\n')
+    out = tmp_path/'run'
+    p = run(sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m', 'sparse3d.train',
+            '--config', cfg, '--input_dir', processed/'proc', '--output_dir', out, '--device', 'cpu')
+    assert '2 processes: replicas identical: True' in p.stdout, p.stdout + p.stderr
+    from sparse3d.train import load_checkpoint, load_model_weights, checkpoint_config
+    from sparse3d.model import VAEGAN
+    ck = load_checkpoint(out/'checkpoints'/'latest.pt')
+    model = VAEGAN(checkpoint_config(ck))
+    load_model_weights(model, ck)
+    assert model.lifted is not None and model.refiner is None

@@ -26,21 +26,37 @@ def tree(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob('*')) if p.is_file()}
 
 
-@pytest.fixture(scope='module')
-def roots(tmp_path_factory):
-    "The same small dataset rendered with 1 and with 2 workers"
+def render_twice(tmp_path_factory, name, *args, expect=''):
+    "`{workers: root}`: the dataset of `sparse3d_synth` `args`, rendered with 1 and with 2 workers"
     out = {}
     for w in (1, 2):
-        root = tmp_path_factory.mktemp(f'w{w}')/'synth'
-        r = synth('--out', root, '--sequences', N, '--frames', F, '--image_size', S, '--seed', 7, '--workers', w)
+        root = tmp_path_factory.mktemp(f'{name}{w}')/'synth'
+        r = synth('--out', root, *args, '--workers', w)
         assert r.returncode == 0, r.stderr
-        assert f'{N} sequences x {F} frames at {S} px' in r.stdout
+        assert expect in r.stdout, r.stdout
         out[w] = root
     return out
 
 
-def test_console_script_exists():
-    assert SYNTH.exists(), f'{SYNTH} missing: run `pip install -e .` (make setup)'
+@pytest.fixture(scope='module')
+def roots(tmp_path_factory):
+    "The same small dataset rendered with 1 and with 2 workers"
+    return render_twice(tmp_path_factory, 'w', '--sequences', N, '--frames', F, '--image_size', S, '--seed', 7,
+                        expect=f'{N} sequences x {F} frames at {S} px')
+
+
+@pytest.fixture(scope='module')
+def grammar_roots(tmp_path_factory):
+    "Grammar chairs and misc objects, rendered with 1 and with 2 workers"
+    return render_twice(tmp_path_factory, 'g', '--sequences', N, '--frames', F, '--image_size', S, '--seed', 7,
+                        '--shapes', 'grammar', '--misc', 2, expect='and 2 misc objects')
+
+
+@pytest.fixture(scope='module')
+def capture_roots(tmp_path_factory):
+    "A small capture-realism dataset rendered with 1 and with 2 workers"
+    return render_twice(tmp_path_factory, 'capture', '--sequences', 2, '--frames', 3, '--image_size', 160, '--seed', 3,
+                        '--realism', 'capture', expect='2 sequences x 3 frames at 160 px (capture)')
 
 
 def test_exact_co3d_layout(roots):
@@ -69,24 +85,12 @@ def test_exact_co3d_layout(roots):
             assert f.mask_mass == pytest.approx(float(fr['mask'].sum()), rel=1e-6)
 
 
-def test_same_bytes_for_1_and_2_workers(roots):
-    a, b = tree(roots[1]), tree(roots[2])
+@pytest.mark.parametrize('fixture', ['roots', 'grammar_roots', 'capture_roots'])
+def test_same_bytes_for_1_and_2_workers(fixture, request):
+    rendered = request.getfixturevalue(fixture)
+    a, b = tree(rendered[1]), tree(rendered[2])
     assert a.keys() == b.keys()
     assert [k for k in a if a[k] != b[k]] == []
-
-
-@pytest.fixture(scope='module')
-def grammar_roots(tmp_path_factory):
-    "Grammar chairs and misc objects, rendered with 1 and with 2 workers"
-    out = {}
-    for w in (1, 2):
-        root = tmp_path_factory.mktemp(f'g{w}')/'synth'
-        r = synth('--out', root, '--sequences', N, '--frames', F, '--image_size', S, '--seed', 7, '--workers', w,
-                  '--shapes', 'grammar', '--misc', 2)
-        assert r.returncode == 0, r.stderr
-        assert 'and 2 misc objects' in r.stdout
-        out[w] = root
-    return out
 
 
 # sha256 over (relative path, bytes) of every file of `--sequences 3 --frames 3 --image_size 64 --seed 7`. The
@@ -101,32 +105,6 @@ def test_clean_output_unchanged(roots):
     h = hashlib.sha256()
     for name, data in tree(roots[1]).items(): h.update(name.encode()); h.update(data)
     assert h.hexdigest() == CLEAN_SHA256
-
-
-@pytest.fixture(scope='module')
-def capture_roots(tmp_path_factory):
-    "A small capture-realism dataset rendered with 1 and with 2 workers"
-    out = {}
-    for w in (1, 2):
-        root = tmp_path_factory.mktemp(f'capture{w}')/'synth'
-        r = synth('--out', root, '--sequences', 2, '--frames', 3, '--image_size', 160, '--seed', 3, '--workers', w,
-                  '--realism', 'capture')
-        assert r.returncode == 0, r.stderr
-        assert '2 sequences x 3 frames at 160 px (capture)' in r.stdout
-        out[w] = root
-    return out
-
-
-def test_grammar_same_bytes_for_1_and_2_workers(grammar_roots):
-    a, b = tree(grammar_roots[1]), tree(grammar_roots[2])
-    assert a.keys() == b.keys()
-    assert [k for k in a if a[k] != b[k]] == []
-
-
-def test_capture_same_bytes_for_1_and_2_workers(capture_roots):
-    a, b = tree(capture_roots[1]), tree(capture_roots[2])
-    assert a.keys() == b.keys()
-    assert [k for k in a if a[k] != b[k]] == []
 
 
 def test_grammar_records_components(grammar_roots, roots):
