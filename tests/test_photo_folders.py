@@ -113,7 +113,8 @@ def test_soft_masks_and_mask_threshold(ckpt, folder, tmp_path):
     assert 'cameras: pose file' in p.stdout, p.stdout
     p = sparse3d_test('--model_path', ckpt, '--test_dir', d, '--output_dir', tmp_path/'bad', '--mask_threshold', '1.5',
                       ok=False)
-    assert p.returncode != 0 and '--mask_threshold must be between 0 and 1' in p.stderr, p.stderr
+    assert p.returncode == 2, p.stderr
+    assert '--mask_threshold must be a number between 0 and 1 (exclusive), got 1.5' in p.stderr, p.stderr
 
 
 def test_no_usable_camera_runs_without_carving(ckpt, folder, tmp_path):
@@ -123,7 +124,7 @@ def test_no_usable_camera_runs_without_carving(ckpt, folder, tmp_path):
     d = edited(folder, tmp_path, lonely)
     # a pose model needs every pose: the error says so
     p = sparse3d_test('--model_path', ckpt, '--test_dir', d, '--output_dir', tmp_path/'a', '--views', '1,4', ok=False)
-    assert 'trained with camera poses, but IMG_0002' in p.stderr, p.stderr
+    assert "trained with camera poses, but 'IMG_0002'" in p.stderr, p.stderr
     # the one posed photo alone: its focal length cannot be estimated from one view, so no carving
     out = tmp_path/'one'
     p = sparse3d_test('--model_path', ckpt, '--test_dir', d, '--output_dir', out, '--num_views', '1')
