@@ -313,7 +313,7 @@ def photo_cameras(photos, sils, notes) -> tuple:
         if len(posed) >= 2:
             f, iou, _ = estimate_focal([cams[k] for k in posed], [sils[k] for k in posed],
                                        unknown=map(posed.index, todo))
-        names = ', '.join(photos[k].name for k in todo)
+        names = ', '.join(quoted(Path(photos[k].name)) for k in todo)
         if f is not None and iou >= MIN_AGREEMENT:
             for k in todo: cams[k], sources[k] = _focal_camera(cams[k], f, sils[k].shape), 'estimated from the masks'
             notes.append(f"no focal length for {names}: estimated from the masks and poses as {f:.2f} (NDC, "
@@ -323,7 +323,7 @@ def photo_cameras(photos, sils, notes) -> tuple:
             for k in todo: cams[k] = None
     if any(c is None for c in cams):
         if any(p.pose is not None for p in photos):
-            missing = [p.name for p, c in zip(photos, cams) if c is None]
+            missing = [quoted(Path(p.name)) for p, c in zip(photos, cams) if c is None]
             notes.append(f"no usable camera for {', '.join(missing[:5])} (no pose file, or no focal length that the "
                          "masks agree on): the model runs without carving by the silhouettes. Give pose files with "
                          "R, T and focal_length, or photos with an EXIF focal length.")
