@@ -202,6 +202,7 @@ class EvalRequest:
     max_objects: Optional[int] = None  # at most this many objects (default: all)
     progress: bool = False             # a progress bar on stderr
     n_figures: int = 3                 # objects pictured: the best, the median and the worst
+    mask_threshold: float = 0.5        # photos: a mask pixel is the object above this (soft masks)
 
 # %% ../nbs/09e_evaluate.ipynb #e9e4e030
 CSV_NAME, PRED_CSV_NAME = 'metrics_per_object.csv', 'predictions.csv'
@@ -317,6 +318,13 @@ def _run_processed(req: EvalRequest, model) -> dict:
     return dict(data=data, views=views, main_views=main, means=means, rows=rows, warnings=notes, mean_shape=ms,
                 figures=figures, example=example)
 
+def _photo_forward(model, batch):
+    "The model's output for a batch of photos; a refining model without cameras runs without carving"
+    if model.refiner is None or 'K' in batch: return model(**model_inputs(batch, model.cfg, model.device))
+    refiner, model.refiner = model.refiner, None
+    try: return model(**{k: batch[k].to(model.device) for k in ('images', 'poses')})
+    finally: model.refiner = refiner
+
 def _predict_photos(req: EvalRequest, model, sample, views, notes) -> tuple:
     "The model's prediction from the first `v` photos for each view count `v`: their CSV rows (files written) and grids"
     out, oid = Path(req.output_dir), safe_name(Path(req.test_dir).resolve().name)
@@ -325,7 +333,7 @@ def _predict_photos(req: EvalRequest, model, sample, views, notes) -> tuple:
     for v in views:
         with torch.inference_mode():
             batch = {k: x[None, :v] for k, x in sample.items() if torch.is_tensor(x)}
-            o = model(**model_inputs(batch, model.cfg, model.device))
+            o = _photo_forward(model, batch)
         p = torch.sigmoid(o.logits.float())[0].cpu().numpy()
         paths = save_prediction(p, out/'predictions'/f'{v}_views'/oid, req.threshold, extent)
         occ = p >= req.threshold
@@ -343,7 +351,8 @@ def _photo_inputs(sample) -> list:
     "What `metrics.json` records of each photo: name, size, crop box, whether posed, and the crop's camera"
     cam = lambda c: dict(K=c.K.tolist(), R=c.R.tolist(), t=c.t.tolist(), image_size=list(c.image_size))
     return [dict(name=v['name'], size=list(v['size']), crop_box=list(v['box']), pose=v['camera'] is not None,
-                 camera=cam(v['camera']) if v['camera'] is not None and v['intrinsics'] else None)
+                 camera=cam(v['camera']) if v['camera'] is not None and v['intrinsics'] else None,
+                 camera_source=v.get('camera_source', 'none'))
             for v in sample['views']]
 
 def _run_photos(req: EvalRequest, model) -> dict:
@@ -354,12 +363,17 @@ def _run_photos(req: EvalRequest, model) -> dict:
     if views[-1] > len(photos):
         raise DataError(f"{quoted(folder)}: {views[-1]} views asked for (--num_views/--views), but the folder has "
                         f"{len(photos)} photos. Use at most {len(photos)}, or add photos.")
-    sample = photo_sample(photos[:views[-1]], cfg.image_size, cfg.crop_margin, cfg.apply_mask, poses=cfg.use_pose)
+    t = req.mask_threshold
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
+        raise ConfigError(f"--mask_threshold must be a number between 0 and 1 (exclusive), got {quoted(t)}.")
+    sample = photo_sample(photos[:views[-1]], cfg.image_size, cfg.crop_margin, cfg.apply_mask, poses=cfg.use_pose,
+                          mask_threshold=req.mask_threshold)
     Path(req.output_dir).mkdir(parents=True, exist_ok=True)
     main = int(req.num_views) if req.num_views is not None else views[-1]
     n_posed = sum(p.pose is not None for p in photos[:views[-1]])
     notes = [] if cfg.use_pose or not n_posed else [
         f"{folder}: the photos' poses are not used: this model was trained without poses (use_pose: false)."]
+    notes += sample['notes']
     preds, grids = _predict_photos(req, model, sample, views, notes)
     cam0 = sample['views'][0]['camera']
     R0 = cam0.R if (cfg.use_pose and cfg.voxel_frame == 'world') else None
@@ -368,7 +382,10 @@ def _run_photos(req: EvalRequest, model) -> dict:
                            req.threshold, names=sample['names'])
     write_snapshot(req.output_dir, grids[main], None, req.threshold, photo_rotation(sample, cfg))
     used = 'used' if cfg.use_pose else ('given but not used (the model takes none)' if n_posed else 'none')
-    return dict(data=dict(folder=str(folder), n_photos=len(photos), poses=used), views=views, main_views=main, means={},
+    cameras = dict(zip(sample['names'], sample['camera_sources']))
+    return dict(data=dict(folder=str(folder), n_photos=len(photos), poses=used, cameras=cameras,
+                          carving=sample['K'] is not None and model.refiner is not None),
+                views=views, main_views=main, means={},
                 predictions=preds, inputs=_photo_inputs(sample), rows=preds, warnings=notes,
                 figures=dict(photos=fig_to_uri(fig, dpi=100)), example=None)
 
@@ -412,6 +429,11 @@ def run_summary_text(result) -> str:
         lines.append(results_table(result['means']))
     else:
         lines.append(f"{d['n_photos']} photos in {d['folder']}; poses: {d['poses']}")
+        if d.get('cameras'):
+            by = {}
+            for name, src in d['cameras'].items(): by.setdefault(src, []).append(name)
+            lines.append("cameras: " + '; '.join(f"{src} ({', '.join(n)})" for src, n in by.items())
+                         + ('' if d.get('carving') else '; no carving by the silhouettes'))
         for p in result['predictions']:
             lines.append(f"  {p['num_views']} view{'s' if p['num_views'] > 1 else ' '}: {p['n_occupied']} occupied "
                          "cells "
@@ -434,14 +456,16 @@ def test_cli(model_path:Param('checkpoint to evaluate, e.g. <run>/checkpoints/be
              category:str='chair', # category of the processed root
              device:str='auto', # auto, cpu, cuda or cuda:N
              seed:int=None, # seed of the views drawn for each object (default: the model's)
-             max_objects:int=None): # evaluate at most this many objects (default: all)
+             max_objects:int=None, # evaluate at most this many objects (default: all)
+             mask_threshold:float=0.5): # photos: a mask pixel is the object above this (soft masks)
     "Evaluate a trained model on a processed split against the baselines, or predict from photos; writes report.html"
     with cli_errors('sparse3d_test'):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always', AlmostEmptyWarning)
             warnings.simplefilter('always', UserWarning)
             req = EvalRequest(model_path, test_dir, output_dir, num_views, use_pose, threshold, split, views, category,
-                              device, seed, max_objects, progress=sys.stderr.isatty())
+                              device, seed, max_objects, progress=sys.stderr.isatty(),
+                              mask_threshold=mask_threshold)
             res = evaluate_run(req)
         print(run_summary_text(res))
         for w in caught:
