@@ -375,16 +375,15 @@ def _run_photos(req: EvalRequest, model) -> dict:
         f"{folder}: the photos' poses are not used: this model was trained without poses (use_pose: false)."]
     notes += sample['notes']
     preds, grids = _predict_photos(req, model, sample, views, notes)
-    cam0 = sample['views'][0]['camera']
-    R0 = cam0.R if (cfg.use_pose and cfg.voxel_frame == 'world') else None
+    R0 = photo_rotation(sample, cfg)                       # upright, as the 3D view
     pics = dict(zip(views, picture_grids([grids[v] for v in views], R0, req.threshold)))
     fig = plot_photo_views(sample['images'], {f'prediction, {v} view{"s" if v > 1 else ""}': pics[v] for v in views},
                            req.threshold, names=sample['names'])
-    write_snapshot(req.output_dir, grids[main], None, req.threshold, photo_rotation(sample, cfg))
+    write_snapshot(req.output_dir, grids[main], None, req.threshold, R0)
     used = 'used' if cfg.use_pose else ('given but not used (the model takes none)' if n_posed else 'none')
     cameras = dict(zip(sample['names'], sample['camera_sources']))
     return dict(data=dict(folder=str(folder), n_photos=len(photos), poses=used, cameras=cameras,
-                          carving=sample['K'] is not None and model.refiner is not None),
+                          carving=sample['K'] is not None and (model.refiner is not None or model.lifted is not None)),
                 views=views, main_views=main, means={},
                 predictions=preds, inputs=_photo_inputs(sample), rows=preds, warnings=notes,
                 figures=dict(photos=fig_to_uri(fig, dpi=100)), example=None)
