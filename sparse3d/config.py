@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'Sparse3DError', 'ConfigError', 'DataError', 'CheckpointError', 'OutputError',
-           'quoted', 'refused_write', 'atomic_write', 'atomic_dir', 'cli_errors', 'median_time', 'parallel_map',
-           'Config', 'check_value', 'load_config', 'reference_config_path', 'config_to_yaml', 'save_config', 'md_table',
-           'config_table']
+           'quoted', 'refused_write', 'atomic_write', 'atomic_dir', 'atomic_path', 'cli_errors', 'median_time',
+           'parallel_map', 'Config', 'check_value', 'load_config', 'reference_config_path', 'config_to_yaml',
+           'save_config', 'md_table', 'config_table']
 
 # %% ../nbs/00_config.ipynb #3d2ecd38
-import contextlib, difflib, errno, importlib.resources, multiprocessing, os, reprlib, shutil, statistics, sys, tempfile, time, uuid
+import contextlib, difflib, errno, importlib.resources, multiprocessing, os, reprlib, shutil, statistics, sys, tempfile
+import time, uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
@@ -147,6 +148,19 @@ def atomic_dir(final, tmp=None):
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     finally: shutil.rmtree(tmp, ignore_errors=True)
+
+# %% ../nbs/00_config.ipynb #f4cb0cd6
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path with `path`'s name, in a hidden folder beside it, for writers that take a file name: renamed
+    to `path` when the block succeeds; the folder removed either way"""
+    path = Path(path)
+    tmpdir = path.parent/f'.tmp-{uuid.uuid4().hex[:8]}'
+    tmpdir.mkdir(parents=True)
+    try:
+        yield tmpdir/path.name
+        os.replace(tmpdir/path.name, path)
+    finally: shutil.rmtree(tmpdir, ignore_errors=True)
 
 # %% ../nbs/00_config.ipynb #142beffc
 def _one_line(message) -> str:

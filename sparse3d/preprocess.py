@@ -28,7 +28,8 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 import sparse3d
-from .config import ConfigError, DataError, OutputError, Sparse3DError, atomic_dir, check_value, parallel_map, refused_write
+from .config import (ConfigError, DataError, OutputError, Sparse3DError, atomic_dir, check_value,
+                             parallel_map, refused_write)
 from .binvox import write_binvox, read_binvox
 from .co3d import (Co3dCategory, _regular_file, load_pointcloud,
                            load_set_list, load_subsets, save_json)
