@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .config import DataError, atomic_write, quoted
+from .config import DataError, atomic_path, atomic_write, quoted
 from .geometry import Camera
 from .geometry import look_at as look_at     # re-exported from its old module
 
@@ -425,15 +425,9 @@ def save_pointcloud(path, xyz, normals=None, rgb=None):
     pc.point.positions = o3d.core.Tensor(np.ascontiguousarray(xyz, np.float32))
     if normals is not None: pc.point.normals = o3d.core.Tensor(np.ascontiguousarray(normals, np.float32))
     if rgb is not None: pc.point.colors = o3d.core.Tensor(np.ascontiguousarray(rgb, np.uint8))
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    # open3d writes by name: a unique name beside, then rename
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.{id(pc):x}.tmp.ply')
-    try:
+    with atomic_path(path) as tmp:                                       # open3d writes by name
         if not o3d.t.io.write_point_cloud(str(tmp), pc, write_ascii=False):
             raise OSError(f"open3d could not write {tmp}")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
     return path
 
 # %% ../nbs/02_co3d.ipynb #c084588b

@@ -4,11 +4,14 @@
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'Sparse3DError', 'ConfigError', 'DataError', 'CheckpointError', 'OutputError',
-           'quoted', 'refused_write', 'atomic_write', 'cli_errors', 'Config', 'check_value', 'load_config',
-           'reference_config_path', 'config_to_yaml', 'save_config', 'config_table']
+           'quoted', 'refused_write', 'atomic_write', 'atomic_dir', 'atomic_path', 'cli_errors', 'median_time',
+           'parallel_map', 'Config', 'check_value', 'load_config', 'reference_config_path', 'config_to_yaml',
+           'save_config', 'md_table', 'config_table']
 
 # %% ../nbs/00_config.ipynb #3d2ecd38
-import contextlib, difflib, errno, importlib.resources, os, reprlib, sys, tempfile
+import contextlib, difflib, errno, importlib.resources, multiprocessing, os, reprlib, shutil, statistics, sys, tempfile
+import time, uuid
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Optional
@@ -128,6 +131,37 @@ def atomic_write(path, mode='wb', encoding=None):
         if refused is not None: raise refused_write(path, refused) from None
         raise
 
+# %% ../nbs/00_config.ipynb #1043dc08
+@contextlib.contextmanager
+def atomic_dir(final, tmp=None):
+    """A fresh temporary folder beside `final` (named `tmp` if given) to fill: renamed to `final` when the block
+    succeeds (an old `final` renamed aside first, then deleted), removed when it raises"""
+    final = Path(final)
+    tmp = Path(tmp) if tmp is not None else final.with_name(f'.{final.name}.tmp-{uuid.uuid4().hex[:8]}')
+    old = tmp.with_name(tmp.name + '-old')
+    if tmp.exists(): shutil.rmtree(tmp)                   # a fixed name, left by a killed run
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        if old.exists(): shutil.rmtree(old)
+        if final.exists(): os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+
+# %% ../nbs/00_config.ipynb #f4cb0cd6
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path with `path`'s name, in a hidden folder beside it, for writers that take a file name: renamed
+    to `path` when the block succeeds; the folder removed either way"""
+    path = Path(path)
+    tmpdir = path.parent/f'.tmp-{uuid.uuid4().hex[:8]}'
+    tmpdir.mkdir(parents=True)
+    try:
+        yield tmpdir/path.name
+        os.replace(tmpdir/path.name, path)
+    finally: shutil.rmtree(tmpdir, ignore_errors=True)
+
 # %% ../nbs/00_config.ipynb #142beffc
 def _one_line(message) -> str:
     "`message` on one line: its lines joined by spaces, anything non-printable escaped"
@@ -155,6 +189,38 @@ def cli_errors(prog: str):
     _close_progress_bars()
     print(f"{prog}: error: {_one_line(message)}", file=sys.stderr, flush=True)
     raise SystemExit(code) from None
+
+# %% ../nbs/00_config.ipynb #0abb8112
+def median_time(f, repeats=5, warmup=1, sync=None, clock=time.perf_counter, stat=statistics.median) -> float:
+    """Median (or `stat`) wall time of `f()` in seconds over `repeats` timed calls after `warmup` untimed ones;
+    `sync()` is called before each clock reading"""
+    if repeats < 1: raise ValueError(f"repeats must be >= 1, got {repeats}")
+    sync = sync or (lambda: None)
+    for _ in range(warmup): f()
+    times = []
+    for _ in range(repeats):
+        sync(); t0 = clock()
+        f()
+        sync(); times.append(clock() - t0)
+    return float(stat(times))
+
+# %% ../nbs/00_config.ipynb #6406d380
+def parallel_map(f, items, workers=1, on_result=None) -> list:
+    """`f(item)` for every item of `items`, in `workers` spawned processes (in this one if `workers <= 1`); the
+    results in the order they complete, each also passed to `on_result` as it arrives"""
+    items, results = list(items), []
+    def got(r):
+        results.append(r)
+        if on_result is not None: on_result(r)
+    if workers <= 1 or len(items) <= 1:
+        for it in items: got(f(it))
+        return results
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=multiprocessing.get_context('spawn')) as ex:
+        try:
+            for fut in as_completed([ex.submit(f, it) for it in items]): got(fut.result())
+        except BaseException:
+            ex.shutdown(wait=True, cancel_futures=True); raise     # a full disk, Ctrl-C: start nothing more
+    return results
 
 # %% ../nbs/00_config.ipynb #374ff232
 def _knob(default, help, check=None, allowed=''):
@@ -325,12 +391,22 @@ def save_config(cfg: Config, path):
     with atomic_write(path, 'w', encoding='utf-8') as f: f.write(config_to_yaml(cfg))
     return Path(path)
 
+# %% ../nbs/00_config.ipynb #9c6d5009
+def md_table(header, rows, align=None) -> str:
+    """A markdown table of `header` and `rows` (sequences of cells, any type); `align`: one of 'l', 'r', 'c' per
+    column (default: the renderer's)"""
+    align = align or [''] * len(header)
+    if len(align) != len(header): raise ValueError(f"align has {len(align)} entries for {len(header)} columns")
+    rule = {'': '---', 'l': ':---', 'r': '---:', 'c': ':---:'}
+    cell = lambda x: str(x).replace('|', '\\|').replace('\n', ' ')
+    return '\n'.join(['| ' + ' | '.join(map(cell, header)) + ' |', '|' + ''.join(rule[a] + '|' for a in align)]
+                     + ['| ' + ' | '.join(map(cell, r)) + ' |' for r in rows]) + '\n'
+
 # %% ../nbs/00_config.ipynb #fe1ab140
 def config_table() -> str:
     "Markdown table of every knob: name, default, allowed values, meaning"
-    rows = ['| key | default | allowed | meaning |', '|---|---|---|---|']
+    rows = []
     for f in fields(Config):
         typ, _ = _field_type(f)
-        allowed = f.metadata['allowed'] or _TYPE_NAMES[typ]
-        rows.append(f"| `{f.name}` | `{f.default}` | {allowed} | {f.metadata['help']} |")
-    return '\n'.join(rows)
+        rows.append((f"`{f.name}`", f"`{f.default}`", f.metadata['allowed'] or _TYPE_NAMES[typ], f.metadata['help']))
+    return md_table(['key', 'default', 'allowed', 'meaning'], rows)

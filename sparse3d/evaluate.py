@@ -8,7 +8,7 @@ __all__ = ['CSV_COLUMNS', 'CSV_NAME', 'PRED_CSV_NAME', 'load_trained', 'model_th
            'evaluate_run', 'run_summary_text', 'test_cli']
 
 # %% ../nbs/09e_evaluate.ipynb #86417983
-import csv, json, os, re, shutil, sys, uuid, warnings
+import csv, json, re, sys, warnings
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +22,7 @@ from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 import sparse3d
-from .config import Config, ConfigError, DataError, Sparse3DError, atomic_write, cli_errors, quoted
+from .config import Config, ConfigError, DataError, Sparse3DError, atomic_path, atomic_write, cli_errors, quoted
 from .binvox import write_binvox
 from .co3d import load_json
 from .data import POSE_DIM, VIEW_EXTENT, MultiViewDataset, packed_dir
@@ -112,16 +112,12 @@ def write_mesh(path, verts, faces) -> Path:
     mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.asarray(verts, np.float64)),
                                      o3d.utility.Vector3iVector(np.asarray(faces, np.int32)))
     mesh.compute_vertex_normals()
-    tmpdir = path.parent/f'.tmp-{uuid.uuid4().hex[:8]}'     # same name inside: an .obj names its object after the file
-    tmpdir.mkdir(parents=True)
-    try:
+    with atomic_path(path) as tmp:                           # the final name: an .obj names its object after the file
         with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
-            ok = o3d.io.write_triangle_mesh(str(tmpdir/path.name), mesh)
+            ok = o3d.io.write_triangle_mesh(str(tmp), mesh)
         if not ok:
             raise DataError(f"{quoted(path)}: open3d could not write this mesh ({len(verts)} vertices, {len(faces)} "
                             f"faces).")
-        os.replace(tmpdir/path.name, path)
-    finally: shutil.rmtree(tmpdir, ignore_errors=True)
     return path
 
 def save_prediction(prob, stem, threshold=0.5, extent=0.5) -> dict:

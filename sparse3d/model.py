@@ -10,7 +10,7 @@ __all__ = ['CAMERA_KEYS', 'LIFT_TAPS', 'ViewEncoder', 'PoseEncoder', 'fuse', 're
            'param_counts', 'flops_per_sample', 'forward_time']
 
 # %% ../nbs/06_model.ipynb #e8d6cb3c
-import math, time
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,7 +20,7 @@ from torch import nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, flop_registry, register_flop_formula
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, median_time
 from .geometry import (VIEW_EXTENT, look_at, relative_pose_features, silhouette_votes, view0_cameras,
                                view_to_world)
 from .geometry import cell_centers, project_points, sample_views
@@ -521,11 +521,6 @@ def forward_time(model: VAEGAN, batch: int = 1, num_views: int = 4, image_size: 
     imgs = torch.rand(batch, num_views, 3, image_size, image_size, device=dev)
     poses = torch.randn(batch, num_views, pose_dim, device=dev)
     cams = {k: v.expand(batch, *v.shape[1:]).to(dev) for k, v in ring_cameras(num_views, image_size).items()}
-    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
-    times = []
-    for _ in range(warmup + reps):
-        sync(); t = time.perf_counter()
-        model(imgs, poses, cams)
-        sync(); times.append(time.perf_counter() - t)
-    model.train(was)
-    return sorted(times[warmup:])[reps // 2] * 1e3 / batch
+    sync = torch.cuda.synchronize if dev.type == 'cuda' else None
+    try: return median_time(lambda: model(imgs, poses, cams), reps, warmup, sync) * 1e3 / batch
+    finally: model.train(was)

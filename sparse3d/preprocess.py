@@ -16,8 +16,8 @@ __all__ = ['MASK_THRESHOLD', 'VOTE_SIZE', 'VOTE_FRAMES', 'MVS_SURFACE', 'MVS_OUT
 
 # %% ../nbs/04_preprocess.ipynb #64248eea
 import errno, json, math, os, shutil, sys, time, traceback, uuid
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, asdict
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -28,7 +28,8 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 import sparse3d
-from .config import ConfigError, DataError, OutputError, Sparse3DError, check_value, refused_write
+from .config import (ConfigError, DataError, OutputError, Sparse3DError, atomic_dir, check_value,
+                             parallel_map, refused_write)
 from .binvox import write_binvox, read_binvox
 from .co3d import (Co3dCategory, _regular_file, load_pointcloud,
                            load_set_list, load_subsets, save_json)
@@ -598,8 +599,9 @@ def preprocess_sequence(input_dir, output_dir, category, sequence, settings: Pre
                         f"{dropped[0]['reason'] if dropped else 'no frames annotated'}).")
     grid, norm, cleaning = sequence_target(xyz, _even([m[2] for m in masks.values()], VOTE_FRAMES), st, ply)
     tag = f'.tmp-{uuid.uuid4().hex[:8]}'
-    tproc, tinst = proc.with_name(proc.name + tag), inst.with_name(inst.name + tag)
-    try:
+    # committed innermost first: the crops (inst), then the folder of the meta, the completion marker, last
+    with atomic_dir(proc, proc.with_name(proc.name + tag)) as tproc, \
+         atomic_dir(inst, inst.with_name(inst.name + tag)) as tinst:
         records = []
         for f in frames:
             if f.frame_number not in masks: continue
@@ -630,13 +632,8 @@ def preprocess_sequence(input_dir, output_dir, category, sequence, settings: Pre
         # folders are renamed in (one sync a sequence instead of one per file)
         os.sync()
         save_json(tproc/'sequence_meta.json', meta)
-        for old in (proc, inst):
-            if old.exists(): shutil.rmtree(old)
-        os.replace(tinst, inst)
-        os.replace(tproc, proc)  # the completion marker: the meta's folder, renamed in last
-        return meta
-    finally:
-        for t in (tproc, tinst): shutil.rmtree(t, ignore_errors=True)
+        if proc.exists(): shutil.rmtree(proc)    # the old completion marker goes before the old crops
+    return meta
 
 # %% ../nbs/04_preprocess.ipynb #bc669909
 def load_sequence_meta(output_dir, category, sequence) -> dict:
@@ -705,16 +702,7 @@ def preprocess_category(input_dir, output_dir, category='chair', settings: Prepr
         name, status, info = res
         report[status][name] = info
         bar.update(1); bar.set_postfix(failed=len(report['failed']))
-    if workers <= 1 or len(todo) <= 1:
-        for n in todo: record(_run_one(input_dir, out, category, n, st))
-    else:
-        import multiprocessing as mp
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as ex:
-            try:
-                for fut in as_completed([ex.submit(_run_one, input_dir, out, category, n, st) for n in todo]):
-                    record(fut.result())
-            except BaseException:
-                ex.shutdown(wait=True, cancel_futures=True); raise     # a full disk, Ctrl-C: start nothing more
+    parallel_map(partial(_run_one, input_dir, out, category, st=st), todo, workers, on_result=record)
     bar.close()
     secs = time.perf_counter() - t0
     n_frames = sum(v['frames'] for v in report['done'].values())
@@ -851,40 +839,35 @@ def pack_split(output_dir, category, split, names, progress=True) -> Path:
                 "re-run preprocessing with one setting."
             )
     F = sum(n_frames)
-    tmp = base/f'.{split}.tmp-{uuid.uuid4().hex[:8]}'
     try:
-        tmp.mkdir(parents=True)
-        arr = dict(images=open_memmap(tmp/'images.npy', 'w+', np.uint8, (F, S, S, 3)),
-                   masks=open_memmap(tmp/'masks.npy', 'w+', np.uint8, (F, S, S)),
-                   K=open_memmap(tmp/'K.npy', 'w+', np.float32, (F, 3, 3)),
-                   R=open_memmap(tmp/'R.npy', 'w+', np.float32, (F, 3, 3)),
-                   t=open_memmap(tmp/'t.npy', 'w+', np.float32, (F, 3)),
-                   voxels=open_memmap(tmp/'voxels.npy', 'w+', np.uint8, (len(names), D ** 3 // 8)))
-        for k in arr: _reserve(tmp/f'{k}.npy')
-        i = 0
-        bar = tqdm(list(zip(names, metas)), desc=f'pack {split}', disable=not progress, unit='seq')
-        for j, (name, m) in enumerate(bar):
-            inst = seq_dirs(output_dir, category, name)[1]
-            for fr in m['frames']:
-                arr['images'][i] = (load_image(inst/fr['image']) * 255 + 0.5).astype(np.uint8)
-                arr['masks'][i] = (load_mask(inst/fr['mask']) * 255 + 0.5).astype(np.uint8)
-                c = fr['camera']
-                arr['K'][i], arr['R'][i], arr['t'][i] = c['K'], c['R'], c['t']
-                i += 1
-            arr['voxels'][j] = np.packbits(read_binvox(inst/m['voxels']['path']).occupancy.ravel())
-        for a in arr.values(): a.flush()
-        del arr
-        np.save(tmp/'offsets.npy', np.r_[0, np.cumsum(n_frames)].astype(np.int64))
-        save_json(tmp/'index.json', dict(split=split, category=category, sequences=list(names), image_size=S,
-                                         cube_len=D, n_frames=F, preprocess_version=PREPROCESS_VERSION))
-        final = base/split
-        if final.exists(): shutil.rmtree(final)
-        os.replace(tmp, final)
-        return final
+        with atomic_dir(base/split) as tmp:
+            arr = dict(images=open_memmap(tmp/'images.npy', 'w+', np.uint8, (F, S, S, 3)),
+                       masks=open_memmap(tmp/'masks.npy', 'w+', np.uint8, (F, S, S)),
+                       K=open_memmap(tmp/'K.npy', 'w+', np.float32, (F, 3, 3)),
+                       R=open_memmap(tmp/'R.npy', 'w+', np.float32, (F, 3, 3)),
+                       t=open_memmap(tmp/'t.npy', 'w+', np.float32, (F, 3)),
+                       voxels=open_memmap(tmp/'voxels.npy', 'w+', np.uint8, (len(names), D ** 3 // 8)))
+            for k in arr: _reserve(tmp/f'{k}.npy')
+            i = 0
+            bar = tqdm(list(zip(names, metas)), desc=f'pack {split}', disable=not progress, unit='seq')
+            for j, (name, m) in enumerate(bar):
+                inst = seq_dirs(output_dir, category, name)[1]
+                for fr in m['frames']:
+                    arr['images'][i] = (load_image(inst/fr['image']) * 255 + 0.5).astype(np.uint8)
+                    arr['masks'][i] = (load_mask(inst/fr['mask']) * 255 + 0.5).astype(np.uint8)
+                    c = fr['camera']
+                    arr['K'][i], arr['R'][i], arr['t'][i] = c['K'], c['R'], c['t']
+                    i += 1
+                arr['voxels'][j] = np.packbits(read_binvox(inst/m['voxels']['path']).occupancy.ravel())
+            for a in arr.values(): a.flush()
+            del arr
+            np.save(tmp/'offsets.npy', np.r_[0, np.cumsum(n_frames)].astype(np.int64))
+            save_json(tmp/'index.json', dict(split=split, category=category, sequences=list(names), image_size=S,
+                                             cube_len=D, n_frames=F, preprocess_version=PREPROCESS_VERSION))
+        return base/split
     except OSError as e:
         if (err := refused_write(base/split, e)) is not None: raise err from None
         raise
-    finally: shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/04_preprocess.ipynb #f42d7fe4
 def _processed_names(output_dir, category) -> tuple:

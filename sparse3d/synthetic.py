@@ -12,7 +12,7 @@ __all__ = ['FAMILIES', 'COMPONENTS', 'MISC_OBJECTS', 'SHAPES', 'REALISMS', 'SUBS
            'synth_cli']
 
 # %% ../nbs/03_synthetic.ipynb #5dbd54ba
-import colorsys, importlib, io, math, multiprocessing, os, re, shutil, time, warnings
+import colorsys, importlib, io, math, re, shutil, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from .config import ConfigError, check_value
+from .config import ConfigError, atomic_dir, check_value, parallel_map
 from .co3d import (FrameAnnotation, SequenceAnnotation, camera_to_viewpoint, frame_to_dict, load_json,
                            load_mask, load_pointcloud, save_depth, save_depth_mask, save_image, save_json, save_mask,
                            save_pointcloud, sequence_to_dict)
@@ -1293,20 +1293,17 @@ def write_sequence(seq: SyntheticSequence, root, category='chair'):
     """Render `seq` and write it under `root/category/seq.name` (complete or not at all); its frame and sequence
     annotation records"""
     root = Path(root)
-    final, tmp = root/category/seq.name, root/category/f'.{seq.name}.partial'
-    if tmp.exists(): shutil.rmtree(tmp)
     r = render_sequence(seq)
     strip, masses = len(f'{category}/{seq.name}/'), []
-    for k, (img, mask, depth) in enumerate(zip(r['images'], r['masks'], r['depths']), 1):
-        p_img, p_mask, p_depth, p_dmask = (tmp/p[strip:] for p in _frame_paths(category, seq.name, k))
-        save_image(p_img, img)
-        save_mask(p_mask, mask)
-        save_depth(p_depth, depth, scale_adjustment=1.0)
-        save_depth_mask(p_dmask, depth > 0)
-        masses.append(_mask_mass(p_mask))
-    save_pointcloud(tmp/'pointcloud.ply', r['xyz'], r['normals'], r['rgb'])
-    if final.exists(): shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(root/category/seq.name, tmp=root/category/f'.{seq.name}.partial') as tmp:
+        for k, (img, mask, depth) in enumerate(zip(r['images'], r['masks'], r['depths']), 1):
+            p_img, p_mask, p_depth, p_dmask = (tmp/p[strip:] for p in _frame_paths(category, seq.name, k))
+            save_image(p_img, img)
+            save_mask(p_mask, mask)
+            save_depth(p_depth, depth, scale_adjustment=1.0)
+            save_depth_mask(p_dmask, depth > 0)
+            masses.append(_mask_mass(p_mask))
+        save_pointcloud(tmp/'pointcloud.ply', r['xyz'], r['normals'], r['rgb'])
     return _annotations(seq, category, masses, len(r['xyz']))
 
 # %% ../nbs/03_synthetic.ipynb #a42d2da2
@@ -1442,16 +1439,11 @@ def render_dataset(out, n_sequences=200, n_frames=24, image_size=None, seed=42, 
     plan = [(category, shapes, n_sequences)] + ([('misc', 'misc', misc)] if misc else [])
     for c, _, _ in plan:
         (out/c).mkdir(parents=True, exist_ok=True)
-        for p in (out/c).glob('.*.partial'): shutil.rmtree(p)     # left by a killed run
+        for p in (out/c).glob('.*.partial*'): shutil.rmtree(p)    # left by a killed run
     jobs = [(str(out), c, seed, i, n_frames, image_size, s, realism) for c, s, n in plan for i in range(n)]
     bar = tqdm(total=len(jobs), unit='seq', desc='sparse3d_synth', disable=not progress)
-    results = []
-    if workers <= 1 or len(jobs) == 1:
-        for j in jobs: results.append(_sequence_job(j)); bar.update()
-    else:
-        job = importlib.import_module('sparse3d.synthetic')._sequence_job   # importable by a spawned worker
-        with multiprocessing.get_context('spawn').Pool(min(workers, len(jobs))) as pool:
-            for r in pool.imap_unordered(job, jobs): results.append(r); bar.update()
+    job = importlib.import_module('sparse3d.synthetic')._sequence_job       # importable by a spawned worker
+    results = parallel_map(job, jobs, workers, on_result=lambda r: bar.update())
     bar.close()
     for c, _, _ in plan: _write_category(out, c, seed, sorted((r for r in results if r[0] == c), key=lambda r: r[1]))
     return out

@@ -6,11 +6,11 @@
 __all__ = ['ball', 'soft_ball', 'synthetic_root', 'write_photo_folder', 'best_ms']
 
 # %% ../nbs/99_testing.ipynb #32c9e0fa
-import timeit
 from pathlib import Path
 
 import numpy as np
 
+from .config import median_time
 from .co3d import Camera, camera_to_viewpoint, save_image, save_json, save_mask
 from .preprocess import PreprocessSettings, preprocess_category, split_and_pack
 from .synthetic import plan_sequence, render_dataset
@@ -59,6 +59,5 @@ def write_photo_folder(out, n_views=4, image_size=(150, 200), seed=0, index=0, p
 
 # %% ../nbs/99_testing.ipynb #70d34626
 def best_ms(f, n=20) -> float:
-    "Best wall time of `n` calls of `f`, in milliseconds"
-    f()
-    return min(timeit.repeat(f, number=1, repeat=n)) * 1e3
+    "Best wall time of `n` calls of `f` (after one untimed call), in milliseconds"
+    return median_time(f, repeats=n, warmup=1, stat=min) * 1e3

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from sparse3d.config import md_table
+
 # --- hypothesis: the same cases on every run by default, fresh random ones on demand -------------------------------
 # `sparse3d` (loaded here, so `make test`, `make faults` and CI use it): derandomized, so a failure is met again on
 # the next run and on every machine with the same hypothesis version; no example database (the tree stays clean);
@@ -102,9 +104,6 @@ def pytest_runtest_makereport(item, call):
             rec.outcome = rep.outcome
 
 
-def _md(s): return str(s).replace('|', '\\|').replace('\n', ' ')
-
-
 def faults_table(records, selection='') -> str:
     "The FAULTS.md text for the `FaultRecord`s of a run"
     order = {t: i for i, t in enumerate(FAULT_THEMES)}
@@ -122,16 +121,18 @@ def faults_table(records, selection='') -> str:
              'examples, kill points, corrupted files, ...), and what the test asserts survived. Variants of one '
              'test that',
              'describe the same fault (parametrized cases) share a row.', '',
-             *([f'This table comes from a partial run ({selection}).', ''] if selection else []),
-             '| Area | Fault or bad input | Cases | Result | Test |', '|---|---|---:|---|---|']
+             *([f'This table comes from a partial run ({selection}).', ''] if selection else [])]
     rows = {}                                   # variants of a test with the same description and outcome: one row
     for r in recs:
         name = r.nodeid.split('::', 1)[-1].split('[')[0]
         row = rows.setdefault((r.theme, r.what, result(r), name, r.slow), dict(cases=0, n=0))
         row['cases'] += max(r.cases, 1); row['n'] += 1
+    table = []
     for (theme, what, res, name, slow), row in rows.items():
         test = name + (f" ({row['n']} variants)" if row['n'] > 1 else '') + (' (slow)' if slow else '')
-        lines.append(f"| {theme} | {_md(what)} | {row['cases']} | {_md(res)} | `{_md(test)}` |")
+        table.append((theme, what, row['cases'], res, f"`{test}`"))
+    header = ['Area', 'Fault or bad input', 'Cases', 'Result', 'Test']
+    lines.append(md_table(header, table, align=['', '', 'r', '', '']).rstrip('\n'))
     n = {k: sum(r.outcome == k for r in recs) for k in ('passed', 'xfailed', 'failed', 'skipped', 'xpassed')}
     outcomes = ', '.join(f"{v} {k}" for k, v in n.items() if v)
     lines += ['', f"{len(recs)} tests, {sum(max(r.cases, 1) for r in recs)} cases: {outcomes}.", '']
