@@ -34,6 +34,9 @@ OPTIONAL_FIELDS = ('poses', 'K', 'R', 't', 'voxels')
 def check_shapes(obj, lead=()):
     "Raise a `DataError` naming the field of `obj` whose shape or dtype breaks `SAMPLE_SHAPES`/`SAMPLE_DTYPES`"
     sizes, kind = {}, type(obj).__name__
+    clash = sorted(set(obj.extra) & {f.name for f in fields(obj)})
+    if clash: raise DataError(f"{kind}.extra: {', '.join(clash)} {'is a field' if len(clash) == 1 else 'are fields'}; "
+                              "give the field, or rename the extra.")
     for name, spec in SAMPLE_SHAPES.items():
         x = getattr(obj, name)
         if x is None and name in OPTIONAL_FIELDS: continue
@@ -55,9 +58,8 @@ class _Fields(Mapping):
     "Mapping access (`s['images']`, `'K' in s`, `.get`, `.keys()`) to a dataclass's fields and its `extra` dict"
     def _names(self): return [f.name for f in fields(self) if f.name != 'extra'] + list(self.extra)
     def __getitem__(self, key):
-        if key in self.extra: return self.extra[key]
-        if key == 'extra' or not any(f.name == key for f in fields(self)): raise KeyError(key)
-        return getattr(self, key)
+        if key != 'extra' and any(f.name == key for f in fields(self)): return getattr(self, key)
+        return self.extra[key]
     def __iter__(self): return iter(self._names())
     def __len__(self): return len(self._names())
     __eq__, __hash__ = object.__eq__, object.__hash__     # tensors have no truth value: compare fields, not samples
