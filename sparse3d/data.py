@@ -243,7 +243,7 @@ def _seed_worker(worker_id):
 
 def make_loader(ds, batch_size, shuffle=None, workers=0, seed=42, sampler=None, drop_last=False,
                 device='cpu') -> DataLoader:
-    "A `DataLoader` of `Batch`es over `ds`: seeded shuffling (default: when `ds.train`), seeded workers, pinned CUDA memory"
+    "A `DataLoader` of `Batch`es over `ds`: seeded shuffling (default: when `ds.train`) and workers, pinned CUDA memory"
     shuffle = getattr(ds, 'train', False) if shuffle is None else shuffle
     g = torch.Generator(); g.manual_seed(seed)
     # a worker holds a copy of `ds`: kept alive, it would never see `set_epoch` and draw epoch 0's views forever
