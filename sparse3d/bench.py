@@ -26,7 +26,7 @@ import sparse3d
 from .config import ConfigError, DataError, Sparse3DError, atomic_write, cli_errors, load_config, quoted
 from .config import md_table, median_time      # the project's one table writer and one timer
 from .geometry import cell_centers
-from .data import MultiViewDataset, make_loader, packed_dir, pose_features, POSE_DIM
+from .data import Batch, MultiViewDataset, make_loader, packed_dir, pose_features, POSE_DIM
 from .model import VAEGAN, ring_cameras, forward_time, flops_per_sample
 from .preprocess import PreprocessSettings, preprocess_category, resize_frames, split_and_pack
 from .synthetic import render_dataset
@@ -166,7 +166,7 @@ def ball_grid(cube_len=32, radius=0.3, extent=0.5) -> torch.Tensor:
     c = cell_centers(cube_len, extent, dtype=torch.float64)
     return ((c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2) <= radius ** 2).float()
 
-def reference_batch(batch_size=8, num_views=4, image_size=128, cube_len=32, seed=0) -> dict:
+def reference_batch(batch_size=8, num_views=4, image_size=128, cube_len=32, seed=0) -> Batch:
     """A batch as `make_loader(MultiViewDataset(...))` gives it: a ball seen by a ring of `num_views` cameras, random
     texture"""
     B, V, S = batch_size, num_views, image_size
@@ -175,10 +175,10 @@ def reference_batch(batch_size=8, num_views=4, image_size=128, cube_len=32, seed
     masks = rep(cams['masks'])
     g = torch.Generator().manual_seed(seed)
     poses = torch.from_numpy(pose_features(cams['R'][0].double().numpy(), cams['t'][0].double().numpy()))
-    return dict(images=torch.rand(B, V, 3, S, S, generator=g) * masks, masks=masks, poses=rep(poses[None]),
-                extent=torch.full((B,), 0.5, dtype=torch.float64), K=rep(cams['K']), R=rep(cams['R']), t=rep(cams['t']),
-                voxels=rep(ball_grid(cube_len)[None]), id=[f'ball_{i}' for i in range(B)],
-                    views=rep(torch.arange(V)[None]))
+    return Batch(images=torch.rand(B, V, 3, S, S, generator=g) * masks, masks=masks, poses=rep(poses[None]).float(),
+                 extent=torch.full((B,), 0.5, dtype=torch.float64), K=rep(cams['K']), R=rep(cams['R']),
+                 t=rep(cams['t']), voxels=rep(ball_grid(cube_len)[None]), id=[f'ball_{i}' for i in range(B)],
+                 views=rep(torch.arange(V)[None]))
 
 # %% ../nbs/11_benchmarks.ipynb #02dea966
 def make_train_state(cfg, device='cpu', steps_per_epoch=1000) -> tuple:

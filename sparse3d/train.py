@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 import sparse3d
 from .config import (Config, ConfigError, CheckpointError, OutputError, Sparse3DError, atomic_write,
                              load_config, save_config)
-from .data import MultiViewDataset, make_loader, POSE_DIM
+from .data import Batch, MultiViewDataset, collate, make_loader, POSE_DIM
 from .model import VAEGAN, decode_in_frame, encode_decode, is_lifted, model_inputs, subsample_views
 from .losses import vae_gan_loss, discriminator_loss
 from .metrics import THRESHOLDS     # the sweep of the evaluation (09a_metrics)
@@ -151,7 +151,7 @@ class TrainState:
     history: list = field(default_factory=list)   # one dict per epoch, as in metrics.jsonl
     best_iou: float = -1.0
     threshold: float = 0.5           # validation-best occupancy threshold
-    val_sample: Optional[dict] = None
+    val_sample: Optional[Batch] = None
     rank: int = 0
     world_size: int = 1
     skipped_steps: int = 0           # non-finite steps, in a row
@@ -193,12 +193,12 @@ def _grad_norm(params):
     return torch.stack(g).norm() if g else torch.zeros(())
 
 # %% ../nbs/08_train.ipynb #77ed5e06
-def train_step(state: TrainState, batch: dict, gen: nn.Module, critic: nn.Module) -> Optional[dict]:
+def train_step(state: TrainState, batch: Batch, gen: nn.Module, critic: nn.Module) -> Optional[dict]:
     "One critic step and one encoder+generator step on `batch`; the losses, or None if it was skipped (non-finite)"
     cfg, dev = state.cfg, state.device
     inputs = model_inputs(batch, cfg, dev)
     if is_lifted(cfg): inputs = subsample_views(inputs)              # 1 to num_views views: any count at test time
-    target = batch['voxels'].to(dev, non_blocking=True)
+    target = batch.voxels.to(dev, non_blocking=True)
     flat = [inputs['images'], target, *([inputs['poses']] if 'poses' in inputs else []),
             *inputs.get('cameras', {}).values()]
     if not _finite(*flat): return None                                 # before batch norm sees it
@@ -385,7 +385,7 @@ def fit(cfg: Config, input_dir, output_dir=None, resume=False, start_epoch=None,
                          drop_last=len(train_ds) >= 2 * cfg.batch_size, device=dev)
     val_loader = make_loader(val_ds, cfg.batch_size, shuffle=False, workers=0, device=dev)
     state.steps_per_epoch = len(loader)
-    if len(val_ds): state.val_sample = {k: (v[None] if torch.is_tensor(v) else [v]) for k, v in val_ds[0].items()}
+    if len(val_ds): state.val_sample = collate([val_ds[0]])
     if out and state.is_main:
         try:
             out.mkdir(parents=True, exist_ok=True); ckdir.mkdir(exist_ok=True)
