@@ -15,7 +15,6 @@ from typing import Optional
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data._utils.collate import default_collate_fn_map
 
 from .config import ConfigError, DataError, quoted
 from .geometry import POSE_DIM as POSE_DIM     # re-exported: `from sparse3d.data import POSE_DIM` keeps working
@@ -142,9 +141,6 @@ def collate(samples) -> Batch:
     return Batch(**{n: stack(n) for n in SAMPLE_SHAPES},
                  extent=torch.tensor([float(s.extent) for s in samples], dtype=torch.float64),
                  id=[s.id for s in samples], extra={k: [s.extra.get(k) for s in samples] for k in samples[0].extra})
-
-def _collate_samples(samples, *, collate_fn_map=None): return collate(samples)
-default_collate_fn_map[Sample] = _collate_samples    # `default_collate([sample])` gives a `Batch` too, not a failure
 
 # %% ../nbs/05_data.ipynb #4c1c2ffd
 def packed_dir(root, split, category='chair') -> Path:

@@ -18,14 +18,13 @@ import numpy as np
 import open3d as o3d
 import torch
 from fastcore.script import call_parse, Param, bool_arg
-from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 import sparse3d
 from .config import Config, ConfigError, DataError, Sparse3DError, atomic_path, atomic_write, cli_errors, quoted
 from .binvox import write_binvox
 from .co3d import load_json
-from .data import POSE_DIM, VIEW_EXTENT, MultiViewDataset, packed_dir
+from .data import POSE_DIM, VIEW_EXTENT, MultiViewDataset, collate, packed_dir
 from .model import VAEGAN, model_inputs
 from .train import checkpoint_config, load_checkpoint, load_model_weights, resolve_device, seed_everything
 from .metrics import AlmostEmptyWarning, check_occupancy, evaluate_object, grid_mesh, mean_metrics
@@ -145,7 +144,7 @@ def predict_batches(model, ds, objects, device=None, batch_size=8):
     device = device or model.device
     for s in range(0, len(objects), batch_size):
         idx = list(objects[s:s + batch_size])
-        b = default_collate([ds[i] for i in idx])
+        b = collate([ds[i] for i in idx])
         out = model(**model_inputs(b, model.cfg, device))
         yield idx, b, torch.sigmoid(out.logits.float())
 
