@@ -60,7 +60,7 @@ def nan_batch_run(faults_data, tmp_path_factory):
     victim = json.loads((faults_data['proc']/'chair'/'packed'/'train'/'index.json').read_text())['sequences'][0]
     def poisoned(self, i):
         d = real(self, i)
-        if self.train and self.names[i] == victim: d['images'] = torch.full_like(d['images'], float('nan'))
+        if self.train and self.names[i] == victim: d.images = torch.full_like(d.images, float('nan'))
         return d
     MultiViewDataset.__getitem__ = poisoned
     try: state, warned = run_fit(load_config(faults_data['config'], n_epochs=2), faults_data['proc'], out)
