@@ -75,13 +75,8 @@ class _Fields(Mapping):
         return self._map(lambda x: x.pin_memory())
 
 @dataclass(eq=False)
-class Sample(_Fields):
-    """One object and `V` of its views, as `MultiViewDataset` gives it: images `[V, 3, S, S]` float in [0, 1]
-    (background blacked out when masked), masks `[V, 1, S, S]` float (foreground probability, pixels), poses `[V, P]`
-    float (pose features of the cameras), OpenCV cameras K, R, t `[V, 3, 3]`, `[V, 3, 3]`, `[V, 3]` float mapping the
-    voxel frame (world, or view 0's when `voxel_frame='view'`) to pixels, voxels `[D, D, D]` float occupancy `[x, y, z]`
-    of the cube `[-extent, extent]^3`, id (sequence name), views `[V]` int64 (frame indices), and `extra` (anything
-    else, e.g. the photos' names and notes)"""
+class _Views(_Fields):
+    "The tensor fields `Sample` and `Batch` share (`Batch` with a leading `[B]`)"
     images: torch.Tensor
     masks: torch.Tensor
     poses: Optional[torch.Tensor] = None
@@ -89,6 +84,15 @@ class Sample(_Fields):
     R: Optional[torch.Tensor] = None
     t: Optional[torch.Tensor] = None
     voxels: Optional[torch.Tensor] = None
+
+@dataclass(eq=False)
+class Sample(_Views):
+    """One object and `V` of its views, as `MultiViewDataset` gives it: images `[V, 3, S, S]` float in [0, 1]
+    (background blacked out when masked), masks `[V, 1, S, S]` float (foreground probability, pixels), poses `[V, P]`
+    float (pose features of the cameras), OpenCV cameras K, R, t `[V, 3, 3]`, `[V, 3, 3]`, `[V, 3]` float mapping the
+    voxel frame (world, or view 0's when `voxel_frame='view'`) to pixels, voxels `[D, D, D]` float occupancy `[x, y, z]`
+    of the cube `[-extent, extent]^3`, id (sequence name), views `[V]` int64 (frame indices), and `extra` (anything
+    else, e.g. the photos' names and notes)"""
     extent: float = 0.5
     id: str = ''
     views: Optional[torch.Tensor] = None
@@ -98,16 +102,9 @@ class Sample(_Fields):
         check_shapes(self)
 
 @dataclass(eq=False)
-class Batch(_Fields):
+class Batch(_Views):
     """`B` samples collated: each tensor field of `Sample` with a leading `[B]`, extent `[B]` float64, id a list of `B`
     names, and `extra` a dict of lists"""
-    images: torch.Tensor
-    masks: torch.Tensor
-    poses: Optional[torch.Tensor] = None
-    K: Optional[torch.Tensor] = None
-    R: Optional[torch.Tensor] = None
-    t: Optional[torch.Tensor] = None
-    voxels: Optional[torch.Tensor] = None
     extent: Optional[torch.Tensor] = None
     id: list = field(default_factory=list)
     views: Optional[torch.Tensor] = None
