@@ -94,6 +94,9 @@ def render_result(name: str, results: dict) -> str:
     name = name.strip()
     if name in RESULT_RENDERERS: return RESULT_RENDERERS[name](results)
     keys, fmt = parse_result_name(name)
+    if len(keys) == 1 and keys[0] not in results:
+        raise DataError(f"result {quoted(name)}: no renderer of that name (registered: "
+                        f"{', '.join(sorted(RESULT_RENDERERS)) or 'none'}) and no such key at the top of the results.")
     value = lookup_result(results, keys, name)
     if value is None: raise DataError(f"result {quoted(name)}: is null in the results (not measured).")
     if isinstance(value, (dict, list)):
