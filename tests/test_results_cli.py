@@ -40,8 +40,10 @@ def test_write_then_check(tmp_path, results):
     root = project(tmp_path/'p')
     p = results('--check', '--root', root, '--output', '', ok=False)
     assert p.returncode == 1, p.stderr
-    assert last_line(p).startswith('sparse3d_results: error: 2 results differ'), p.stderr
-    assert "nbs/index.ipynb at <!-- result: quality.unseen styles.model.4.iou:.3f -->" in last_line(p), p.stderr
+    assert last_line(p).startswith('sparse3d_results: error: 2 results differ from '), p.stderr
+    assert 'BENCHMARKS.json' in last_line(p), p.stderr
+    assert "the first in nbs/index.ipynb at '<!-- result: quality.unseen styles.model.4.iou:.3f -->'" in last_line(p), \
+        p.stderr
     assert 'run `make results` and commit' in last_line(p), p.stderr
     p = results('--write', '--root', root, '--output', '')
     assert '1 files updated: nbs/index.ipynb' in p.stdout, p.stdout
