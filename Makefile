@@ -14,7 +14,7 @@ STAMP := $(VENV)/.sparse3d-setup
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg PYTHONHASHSEED=0
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: help setup demo test test-all lab readme nbclean check-clean check-export check-readme nbtest pytest clean lint
+.PHONY: help setup demo test test-all lab readme results nbclean check-clean check-export check-results check-readme nbtest pytest clean lint
 
 help:
 	@echo "make demo      render synthetic chairs, preprocess, train on CPU, evaluate; results in demo/"
@@ -22,6 +22,7 @@ help:
 	@echo "make test-all  the same with slow and browser tests"
 	@echo "make lab       JupyterLab on the workbook (k3d and ipywidgets ready)"
 	@echo "make readme    regenerate README.md from nbs/index.ipynb"
+	@echo "make results   BENCHMARKS.md and every number in the notebooks and README, from BENCHMARKS.json"
 	@echo "make nbclean   give every notebook the kernel metadata JupyterLab expects, then nbdev_clean"
 	@echo "make docs      build the documentation site into _docs/"
 	@echo "make bench     BENCHMARKS.md: speed, memory and quality (trains three more variants after the demo)"
@@ -88,6 +89,16 @@ check-export: setup
 readme: setup
 	@$(BIN)/python tools/build_readme.py nbs/index.ipynb README.md
 
+# Every published number comes from BENCHMARKS.json (written by `make bench`): BENCHMARKS.md is rendered from it, and
+# the numbers and tables in the notebooks' prose sit between result markers that sparse3d_results fills
+# (nbs/12_results.ipynb); the README follows from nbs/index.ipynb.
+results: setup
+	@$(BIN)/sparse3d_results --write
+	@$(BIN)/python tools/build_readme.py nbs/index.ipynb README.md
+
+check-results: setup
+	@$(BIN)/sparse3d_results --check
+
 check-readme: setup
 	@$(BIN)/python tools/build_readme.py nbs/index.ipynb - | diff -u README.md - \
 	  || { echo "README.md is out of date with nbs/index.ipynb: run 'make readme' and commit."; exit 1; }
@@ -98,11 +109,11 @@ nbtest: setup
 pytest: setup
 	@$(TEST_ENV) $(BIN)/python -m pytest -p no:dash tests $(PYTEST_ARGS)
 
-test: check-clean check-export check-readme lint
+test: check-clean check-export check-results check-readme lint
 	@$(MAKE) --no-print-directory nbtest
 	@$(MAKE) --no-print-directory pytest PYTEST_ARGS='-m "not slow and not browser and not cuda"'
 
-test-all: check-clean check-export check-readme lint
+test-all: check-clean check-export check-results check-readme lint
 	@$(MAKE) --no-print-directory nbtest NBFLAGS='--flags "slow browser"'
 	@$(MAKE) --no-print-directory pytest PYTEST_ARGS='-m "not cuda"'
 
@@ -182,6 +193,7 @@ bench: bench-train bench-data
 	@echo "== measure (speed, memory, quality): BENCHMARKS.md and BENCHMARKS.json"
 	@$(BIN)/sparse3d_bench --output BENCHMARKS.md --json_path BENCHMARKS.json --runs "$(BENCH_RUNS)" \
 	  --test_dir $(DEMO)/processed --test_sets "$(BENCH_TEST_SETS)"
+	@$(MAKE) --no-print-directory results
 
 # A smoke run of every benchmark in a few minutes (small shapes, no quality training); not for BENCHMARKS.md.
 bench-quick: setup

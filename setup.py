@@ -41,7 +41,7 @@ setuptools.setup(
         'Intended Audience :: ' + cfg['audience'].title(),
         'Natural Language :: ' + cfg['language'].title(),
     ] + ['Programming Language :: Python :: '+o for o in py_versions[py_versions.index(min_python):]] + (['License :: ' + lic[1] ] if lic[1] else []),
-    url = cfg['git_url'],
+    # no `url`: settings.ini's git_url is nbdev's placeholder, and the repository is not published there
     packages = setuptools.find_packages(),
     include_package_data = True,
     install_requires = requirements,

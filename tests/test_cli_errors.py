@@ -79,6 +79,7 @@ BAD_INPUTS = {   # program: (arguments given a tmp folder and the tiny dataset, 
     'sparse3d_test': (lambda t, d: ['--model_path', t/'missing.pt', '--test_dir', d['proc'], '--output_dir', t/'e'],
                       'checkpoint not found'),
     'sparse3d_bench': (lambda t, d: ['--output', t/'B.md', '--runs', 'pose'], "'pose' is not label=checkpoint"),
+    'sparse3d_results': (lambda t, d: ['--check', '--root', t/'empty'], 'has no nbs/ folder'),
 }
 
 
@@ -129,7 +130,18 @@ RUN_TIME = {     # program: (fault, arguments given a tmp folder and the tiny da
     'sparse3d_test': (DISK_FULL, lambda t, d: ['--model_path', fake_checkpoint(t/'m.pt', d), '--test_dir', d['proc'],
                                                '--output_dir', t/'e', '--device', 'cpu']),
     'sparse3d_bench': (BENCH_STEP_FAILS, lambda t, d: ['--output', t/'B.md']),
+    'sparse3d_results': (DISK_FULL, lambda t, d: ['--write', '--root', results_project(t/'r'), '--output', '']),
 }
+
+
+def results_project(root):
+    "A project folder whose notebook has a result marker to fill from its BENCHMARKS.json"
+    import json
+    (root/'nbs').mkdir(parents=True)
+    cell = dict(cell_type='markdown', id='0a1b2c3d', metadata={}, source=['<!-- result: n -->?<!-- /result -->'])
+    (root/'nbs'/'index.ipynb').write_text(json.dumps(dict(cells=[cell], metadata={}, nbformat=4, nbformat_minor=5)))
+    (root/'BENCHMARKS.json').write_text('{"n": 1}')
+    return root
 
 
 def copy(src, dst):

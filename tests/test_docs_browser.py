@@ -98,6 +98,14 @@ def test_small_site_html(small_site):
     for page in ('index.html', 'config.html'):
         for href in re.findall(r'href="' + re.escape(published) + r'([^"#]*)', (site/page).read_text(encoding='utf-8')):
             assert not (site/(href or 'index.html')).exists(), f'{page}: a link to the published {href} is not relative'
+    # neither the site nor the repository is published: links to files of the repository (the [source] links of the
+    # API sections, notebooks this partial build lacks) lead to the file in this checkout, relative to the page
+    repo = build_docs.settings()['git_url']
+    for page in ('index.html', 'config.html'):
+        html = (site/page).read_text(encoding='utf-8')
+        assert repo not in html, f'{page}: a link to the unpublished repository {repo}'
+    sources = re.findall(r'<a href="([^"]*)" class="sd-source"', config)
+    assert sources and all((site/s.split('#')[0]).resolve() == ROOT/'sparse3d'/'config.py' for s in sources), sources
     # the generated reports are pages of their own, linked from the home page where the README links them
     readme = (ROOT/'README.md').read_text(encoding='utf-8')
     for name, page in build_docs.REPORTS.items():

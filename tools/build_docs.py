@@ -23,7 +23,10 @@ between symbols), and gives Quarto's half to Sphinx with MyST-NB and the Furo th
    written to `_docs/_static/k3d/`; a notebook asks for one with a markdown cell holding the comment
    `<!-- k3d-snapshot: NAME -->`, which becomes an <iframe> on the page.
 5. Links to the published site (`doc_host` + `doc_baseurl` of settings.ini, which nbdev's symbol links
-   use) are made relative, so the site works from any folder or local server, offline.
+   use) are made relative, so the site works from any folder or local server, offline. The site is not
+   published, and the repository address of settings.ini (`git_url`) is nbdev's placeholder: links to
+   files of the repository (the API sections' [source] links, links to the Makefile or a configuration)
+   lead to the file in this checkout instead, relative to the page (`relative_repo_links`).
 6. The pages are polished (tables marked up to fit any width, see tools/docs/_static/sparse3d.css; an id
    only once per page, which Sphinx's search needs; pictures sized) and checked: nothing is loaded from
    the web, and every link between pages leads to a page and to an anchor on it (else the build fails).
@@ -216,10 +219,12 @@ def _fix_markdown(md: str, nb: Path, page: str, site: dict, media: Path = None, 
         if p.suffix == '.ipynb' and p.is_relative_to(NBS):
             if included is None or page_name(p) in included:
                 return f'{m[1]}{"../" * depth}{page_name(p)}.ipynb{m[3] or ""}{m[4]}'
-            return f'{m[1]}{site_url(site)}{page_name(p)}.html{m[3] or ""}{m[4]}'   # not in a partial build: the published page
+            # not in a partial build: the notebook, in this checkout (made relative by relative_repo_links)
+            rel = p.relative_to(ROOT).as_posix()
+            return f'{m[1]}{site["git_url"]}/blob/{site.get("branch", "main")}/{rel}{m[3] or ""}{m[4]}'
         if p.parent == ROOT and p.name in REPORTS and p.is_file():      # a generated report: its own page
             return f'{m[1]}{"../" * depth}{REPORTS[p.name]}.md{m[3] or ""}{m[4]}'
-        kind = 'tree' if p.is_dir() else 'blob'                         # another file of the repository: on GitHub
+        kind = 'tree' if p.is_dir() else 'blob'         # another file of the repository: in this checkout (below)
         return f'{m[1]}{site["git_url"]}/{kind}/{site.get("branch", "main")}/{p.relative_to(ROOT).as_posix()}{m[3] or ""}{m[4]}'
     return _MD_LINK.sub(link, md)
 
@@ -534,6 +539,23 @@ def relative_site_links(out: Path, site: dict):
         f.write_text(html, encoding='utf-8')
 
 
+def relative_repo_links(out: Path, site: dict):
+    """Links to files of the repository on `git_url` (nbdev's [source] links, links to the Makefile ...) made relative
+    links to the same file in this checkout, which holds the site: the repository is not published"""
+    repo = re.escape(site['git_url'].rstrip('/'))
+    pat = re.compile(r'(href=")' + repo + r'/(?:blob|tree)/[^/"]+/([^"#]*)(#[^"]*)?(")')
+    root = ROOT.resolve()
+    for f in out.rglob('*.html'):
+        if '_static' in f.relative_to(out).parts: continue
+        html = f.read_text(encoding='utf-8')
+        if site['git_url'] not in html: continue
+        def fix(m):
+            target = root/m[2]
+            if not target.exists(): return m[0]
+            return f'{m[1]}{Path(os.path.relpath(target, f.parent.resolve())).as_posix()}{m[3] or ""}{m[4]}'
+        f.write_text(pat.sub(fix, html), encoding='utf-8')
+
+
 _TABLE = re.compile(r'<table class="docutils[^"]*"[^>]*>.*?</table>', re.S)
 _CODE = re.compile(r'(<code class="docutils literal[^"]*)("[^>]*>)(.*?)(</code>)', re.S)
 LONG_CODE = 20          # characters: a name in a table cell longer than this may break, after _ . / only
@@ -666,6 +688,7 @@ def build(out=OUT, only=None, strict=False, quiet=False, stage_dir=None) -> dict
     shutil.copytree(html, out, ignore=shutil.ignore_patterns('_sources', '.buildinfo', '.buildinfo.bak'))
     make_snapshots(wanted, out/'_static'/'k3d', stage_dir.parent/'k3d-cache', quiet)
     relative_site_links(out, site)
+    relative_repo_links(out, site)
     polish_pages(out)
     (out/'.nojekyll').touch()                                  # GitHub Pages: serve _static/ as it is
     bad = check_offline(out)
