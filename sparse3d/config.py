@@ -271,6 +271,8 @@ class Config:
                          "the silhouettes) or 'lifted' (every cell projected into the photos, their features fused and "
                          "decoded in 3D; refine is then not used); without poses always 'global'",
                          lambda v: v in ('global', 'lifted'), "'global' or 'lifted'")
+    lift_variance: bool = _knob(True, "with encoder: lifted, fuse the views' features by their variance too "
+                                "(photo-consistency); false: by mean and max only (an ablation)")
     voxel_frame: str = _knob('world', "axes of the voxel grid: the sequence's 'world' axes or the first input 'view'",
                              lambda v: v in ('world', 'view'), "'world' or 'view'")
     fill: str = _knob('solid', "voxelisation of point clouds: 'surface' or 'solid' (closed and filled)",

@@ -308,9 +308,11 @@ def lift_views(maps, K, R, t, image_size, cube_len, extent=0.5):
     samples = [sample_views(m, uv * uv.new_tensor([m.shape[-1] / W, m.shape[-2] / H]), z) for m in maps]
     return samples, ray_geometry(pts, R, t, z)
 
-def fuse_views(x):
-    "Order-invariant statistics over the views of features `[B, V, C, ...]`: mean, max and variance `[B, 3C, ...]`"
+def fuse_views(x, variance: bool = True):
+    """Order-invariant statistics over the views of features `[B, V, C, ...]`: mean, max and variance `[B, 3C, ...]`
+    (without `variance`: mean and max `[B, 2C, ...]`)"""
     mean = x.mean(1)
+    if not variance: return torch.cat([mean, x.amax(1)], 1)
     return torch.cat([mean, x.amax(1), (x - mean[:, None]).pow(2).mean(1)], 1)
 
 # %% ../nbs/06_model.ipynb #818181ef
@@ -329,17 +331,18 @@ class _Pointwise(nn.Linear):
 
 class LiftedDecoder(nn.Module):
     """Occupancy logits `[B, D, D, D]` from the view CNN's `maps` (one per tap), the generator's `logits`, the code `z`
-    and the `cameras`: the maps lifted into a `(D/2)^3` grid and fused over the views, decoded by a 3D U-Net"""
+    and the `cameras`: the maps lifted into a `(D/2)^3` grid and fused over the views (by mean, max and, with
+    `variance`, variance), decoded by a 3D U-Net"""
     def __init__(self, map_channels=(64, 128), z_size: int = 128, voxel_frame: str = 'world', taps=LIFT_TAPS,
-                 channels: int = 16, unet=(24, 48), full: int = 16):
+                 channels: int = 16, unet=(24, 48), full: int = 16, variance: bool = True):
         super().__init__()
         if len(map_channels) != len(taps):
             raise ValueError(f"one map per tap: {len(taps)} taps, {len(map_channels)} map_channels")
-        self.voxel_frame, self.taps, self.channels = voxel_frame, tuple(taps), channels
+        self.voxel_frame, self.taps, self.channels, self.variance = voxel_frame, tuple(taps), channels, variance
         self.reduce = nn.ModuleList(nn.Conv2d(c, channels, 1, bias=False) for c in map_channels)
         self.geometry = nn.Linear(5, channels)                   # mask, depth and ray direction -> the same channels
         a, b = unet
-        self.enc = nn.Sequential(_conv3d(3 * channels + 3, a, k=1), _conv3d(a, a))
+        self.enc = nn.Sequential(_conv3d(self.fused_channels + 1, a, k=1), _conv3d(a, a))
         self.down, self.mid = _conv3d(a, b, 2), _conv3d(b, b)
         self.code = nn.Linear(z_size, b)                         # the global code, broadcast over the bottleneck
         self.up = _conv3d(a + b, a, k=1)
@@ -349,9 +352,14 @@ class LiftedDecoder(nn.Module):
         self.head = _Pointwise(full, 1)
         nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)      # starts as the generator
 
+    @property
+    def fused_channels(self) -> int:
+        "Channels of `volume`: `3C + 2`, or `2C + 2` without the variance"
+        return (3 if self.variance else 2) * self.channels + 2
+
     def volume(self, maps, cameras, lift_len):
-        """Fused features `[B, 3C + 2, L, L, L]`, `L = lift_len`: mean, max and variance over the views of the per-view
-        features, then the minimum and the mean of the mask"""
+        """Fused features `[B, fused_channels, L, L, L]`, `L = lift_len`: mean, max and (with `variance`) variance over
+        the views of the per-view features, then the minimum and the mean of the mask"""
         masks, K, R, t, extent = target_cameras(cameras, self.voxel_frame)
         B, V = K.shape[:2]
         if masks.ndim == 4: masks = masks[:, :, None]
@@ -363,7 +371,7 @@ class LiftedDecoder(nn.Module):
         x = samples[0][:, :, :-1] + sum(samples[1:]) + self.geometry.bias[:, None]
         geo = torch.cat([mask, geo.to(x.dtype)], 2)
         x = F.leaky_relu(x + torch.einsum('oc,bvcp->bvop', self.geometry.weight, geo), 0.2)
-        return torch.cat([fuse_views(x), mask.amin(1), mask.mean(1)], 1).unflatten(2, (lift_len,) * 3)
+        return torch.cat([fuse_views(x, self.variance), mask.amin(1), mask.mean(1)], 1).unflatten(2, (lift_len,) * 3)
 
     def forward(self, maps, logits, z, cameras):
         D = logits.shape[-1]
@@ -423,7 +431,7 @@ class VAEGAN(nn.Module):
         lifted = is_lifted(cfg)
         self.refiner = HullRefiner() if cfg.use_pose and cfg.refine and not lifted else None
         taps = [self.encoder.view.map_channels[i] for i in LIFT_TAPS]
-        self.lifted = LiftedDecoder(taps, cfg.z_size, cfg.voxel_frame) if lifted else None
+        self.lifted = LiftedDecoder(taps, cfg.z_size, cfg.voxel_frame, variance=cfg.lift_variance) if lifted else None
 
     @property
     def device(self): return next(self.parameters()).device
