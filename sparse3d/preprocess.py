@@ -369,11 +369,12 @@ def read_mask_u8(path, size=None) -> np.ndarray:
     if im.mode not in ('L', 'I;16', 'I'): im = _decoded(path, 'mask', im, 'L')
     return _mask_u8(np.asarray(im))
 
-def _mask_u8(a) -> np.ndarray:
-    "Mask pixels `a` (8 or 16 bits) as uint8 0-255, scaled as `load_mask` scales them"
+def _mask_u8(a, peak=None) -> np.ndarray:
+    """Mask pixels `a` (8 or 16 bits) as uint8 0-255, scaled as `load_mask` scales them (`peak`: the largest value of
+    the whole mask, when `a` is only some of its pixels)"""
     if a.dtype == np.uint8: return a
-    return (np.clip(a.astype(np.float32) / (65535 if a.dtype == np.uint16 or a.max(initial=0) > 255 else 255), 0, 1)
-            * 255 + 0.5).astype(np.uint8)
+    wide = a.dtype == np.uint16 or (a.max(initial=0) if peak is None else peak) > 255
+    return (np.clip(a.astype(np.float32) / (65535 if wide else 255), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 def _crop_pil(im, box, size, resample):
     """PIL image `im`'s square `box = (x0, y0, side)` (floats allowed; black outside the image) resized to `size`: only
@@ -397,18 +398,19 @@ def read_image_crop(path, box, size, image_size=None) -> tuple:
     crop = np.asarray(_crop_pil(im, tuple(v / s for v in box), size, Image.BILINEAR))
     return crop, max(hi for _, hi in im.getextrema()) <= 1        # blank: as `is_blank`, every pixel <= 1/255
 
-def _nearest_indices(box, size, H, W) -> tuple:
+def _nearest_indices(box, size, H, W, dtype=np.float32) -> tuple:
     """Rows and columns `[size]` of the pixels `crop_resize(a, box, size, 'depth')` picks from an `H` x `W` array (-1:
-    outside it): PIL's nearest-pixel rounding, found by resizing ramps of pixel indices the same way"""
+    outside it): PIL's nearest-pixel rounding, found by resizing ramps of pixel offsets the same way. With `dtype`
+    uint16: the pixels PIL picks resizing a 16-bit image (`_crop_pil`), which rounds its own way now and then"""
     x0, y0, side = box
     inside = x0 >= 0 and y0 >= 0 and x0 + side <= W and y0 + side <= H
     def axis(start, n, across):
-        ramp = np.arange(n, dtype=np.float32) if inside else np.arange(start, start + side, dtype=np.float32)
+        ramp = np.arange(n if inside else side).astype(dtype)        # offsets from 0 (inside) or from the box's start
         lo, hi = (start, start + side) if inside else (0, side)
         im = Image.fromarray(ramp[None] if across else ramp[:, None])
         out = im.resize((size, 1), Image.NEAREST, box=(lo, 0, hi, 1)) if across else \
             im.resize((1, size), Image.NEAREST, box=(0, lo, 1, hi))
-        idx = np.asarray(out).ravel().astype(np.int64)
+        idx = np.asarray(out).ravel().astype(np.int64) + (0 if inside else start)
         return np.where((idx >= 0) & (idx < n), idx, -1)
     return axis(y0, H, False), axis(x0, W, True)
 
@@ -418,16 +420,25 @@ def _sample(a, rows, cols):
     out[(rows < 0)[:, None] | (cols < 0)[None]] = 0
     return out
 
+def _pick(im, box, size, rows, cols) -> np.ndarray:
+    """The pixels of decoded PIL image `im` at `rows`, `cols` (`_nearest_indices`; 0 at -1) as an array: picked by PIL
+    itself (`_crop_pil`, nearest), so only they are copied out, unless PIL would pick others (16-bit images, now and
+    then), then from a copy of the whole image"""
+    same = im.mode != 'I;16' or all(np.array_equal(a, b) for a, b in zip(
+        _nearest_indices(box, size, im.size[1], im.size[0], np.uint16), (rows, cols)))
+    return np.asarray(_crop_pil(im, box, size, Image.NEAREST)) if same else _sample(np.asarray(im), rows, cols)
+
 def read_depth_crop(depth_path, mask_path, box, size, scale_adjustment=1.0) -> np.ndarray:
     """float32 `[size, size]` depth of `box` as `crop_resize(..., 'depth')` gives it from the full map (0 where missing,
-    or where the depth mask at `mask_path` says invalid); only the picked pixels are converted from float16 bits"""
+    or where the depth mask at `mask_path` says invalid); only the picked pixels are copied out of the decoded maps
+    (`_pick`) and converted from float16 bits"""
     path, im = _open_lazy(depth_path, 'depth map')
     im = _decoded(path, 'depth map', im)
     if im.mode not in ('I;16', 'I'):
         raise DataError(f"{path}: a CO3D depth map is a 16-bit PNG, this one is mode {im.mode}. "
                         "Re-download or regenerate it.")
     rows, cols = _nearest_indices(box, size, im.size[1], im.size[0])
-    a = _sample(np.asarray(im), rows, cols).astype(np.uint16)
+    a = _pick(im, box, size, rows, cols).astype(np.uint16)
     with np.errstate(invalid='ignore', over='ignore'):
         depth = a.view(np.float16).astype(np.float32) * np.float32(scale_adjustment)
     depth[~np.isfinite(depth) | (depth < 0)] = 0
@@ -435,7 +446,8 @@ def read_depth_crop(depth_path, mask_path, box, size, scale_adjustment=1.0) -> n
         mpath, m = _open_lazy(mask_path, 'depth mask', im.size[::-1])
         m = _decoded(mpath, 'depth mask', m)
         if m.mode not in ('L', 'I;16', 'I'): m = _decoded(mpath, 'depth mask', m, 'L')
-        depth = np.where(foreground(_sample(_mask_u8(np.asarray(m)), rows, cols)), depth, 0).astype(np.float32)
+        peak = m.getextrema()[1] if m.mode == 'I' else None            # 8 or 16 bits: decided by the whole mask
+        depth = np.where(foreground(_mask_u8(_pick(m, box, size, rows, cols), peak)), depth, 0).astype(np.float32)
     return depth
 
 # %% ../nbs/04_preprocess.ipynb #18cf3400
