@@ -6,13 +6,13 @@
 __all__ = ['MASK_THRESHOLD', 'VOTE_SIZE', 'VOTE_FRAMES', 'MVS_SURFACE', 'MVS_OUTLIER', 'MVS_FLOOR', 'MIN_MASK_PIXELS',
            'PREPROCESS_VERSION', 'SPLITS', 'PACKED_SPLITS', 'inlier_mask', 'normalization_from_points',
            'normalize_points', 'points_to_grid', 'fill_solid', 'ply2voxel', 'foreground', 'vote_view', 'mask_votes',
-           'camera_up', 'ground_plane', 'clean_cloud', 'mesh_masks', 'mvs_like_cloud', 'silhouette_agreement',
-           'frame_pose', 'mask_box', 'crop_resize', 'read_mask_u8', 'read_image_crop', 'read_depth_crop',
-           'PreprocessSettings', 'seq_dirs', 'SequenceFlagged', 'sequence_target', 'preprocess_sequence',
-           'load_sequence_meta', 'is_done', 'clean_partial', 'preprocess_category', 'seeded_split', 'set_list_split',
-           'known_components', 'parse_hold_out', 'sequence_components', 'held_out', 'pack_split', 'split_and_pack',
-           'ply2voxel_cli', 'extract_poses_cli', 'preprocess_sequence_cli', 'preprocess_cli', 'split_cli',
-           'resize_frames']
+           'ransac_plane', 'camera_up', 'ground_plane', 'clean_cloud', 'mesh_masks', 'mvs_like_cloud',
+           'silhouette_agreement', 'frame_pose', 'mask_box', 'crop_resize', 'read_mask_u8', 'read_image_crop',
+           'read_depth_crop', 'PreprocessSettings', 'seq_dirs', 'SequenceFlagged', 'sequence_target',
+           'preprocess_sequence', 'load_sequence_meta', 'is_done', 'clean_partial', 'preprocess_category',
+           'seeded_split', 'set_list_split', 'known_components', 'parse_hold_out', 'sequence_components', 'held_out',
+           'pack_split', 'split_and_pack', 'ply2voxel_cli', 'extract_poses_cli', 'preprocess_sequence_cli',
+           'preprocess_cli', 'split_cli', 'extract_poses', 'resize_frames']
 
 # %% ../nbs/04_preprocess.ipynb #64248eea
 import errno, json, math, os, shutil, sys, time, traceback, uuid
@@ -132,6 +132,26 @@ def mask_votes(xyz, views, dilate=2) -> tuple:
         inside[ok] += fg[uv[ok, 1].astype(int), uv[ok, 0].astype(int)]
     return inside, seen
 
+# %% ../nbs/04_preprocess.ipynb #9578a8c4
+def ransac_plane(points, dist, iterations=500, seed=0) -> Optional[tuple]:
+    """`((a, b, c, d), inliers)`: the plane `a x + b y + c z + d = 0` (unit normal) within `dist` of the most of
+    `points`, tried on `iterations` random triples of a generator seeded by `seed`, then refitted (least squares) on
+    its points; the indices of the points within `dist` of it. None if every triple is degenerate"""
+    P = np.asarray(points, np.float64)
+    tri = P[np.random.default_rng(seed).integers(0, len(P), (iterations, 3))]
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    length = np.linalg.norm(n, axis=1)
+    ok = length > 1e-12 * max(float(np.max(np.ptp(P, 0))), 1e-300) ** 2
+    if not ok.any(): return None
+    n, tri = n[ok] / length[ok, None], tri[ok]
+    d = -np.einsum('ij,ij->i', n, tri[:, 0])
+    counts = np.concatenate([(np.abs(P @ n[s:s + 64].T + d[s:s + 64]) <= dist).sum(0) for s in range(0, len(n), 64)])
+    best = int(np.argmax(counts))                         # the first of the best: the same on every run
+    on = np.abs(P @ n[best] + d[best]) <= dist
+    centre = P[on].mean(0)
+    normal = np.linalg.svd(P[on] - centre, full_matrices=False)[2][-1]
+    return (*normal.tolist(), -float(normal @ centre)), np.flatnonzero(np.abs((P - centre) @ normal) <= dist)
+
 # %% ../nbs/04_preprocess.ipynb #fbefb7cf
 def camera_up(cameras) -> np.ndarray:
     "The world's up as the cameras hold it: the mean of their image-up axes (unit), or None if they cancel out"
@@ -157,9 +177,9 @@ def ground_plane(xyz, up, outside, slice_frac=0.15, dist_frac=0.01, max_tilt=20.
     cand = np.concatenate([xyz[h <= top], out[(ho <= top) & (ho >= lo - slice_frac * (hi - lo))]])
     n_in = int((h <= top).sum())
     if len(cand) < 30: return none
-    import open3d as o3d
-    o3d.utility.random.seed(0)
-    (a, b, c, d), idx = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cand)).segment_plane(dist, 3, 500)
+    fit = ransac_plane(cand, dist)
+    if fit is None: return none
+    (a, b, c, d), idx = fit
     n = np.array([a, b, c]); s = float(np.linalg.norm(n)); n, off = n / s, -d / s
     if n @ up < 0: n, off = -n, -off
     if n @ up < math.cos(math.radians(max_tilt)) or len(idx) < min_share * len(cand): return none
@@ -349,11 +369,12 @@ def read_mask_u8(path, size=None) -> np.ndarray:
     if im.mode not in ('L', 'I;16', 'I'): im = _decoded(path, 'mask', im, 'L')
     return _mask_u8(np.asarray(im))
 
-def _mask_u8(a) -> np.ndarray:
-    "Mask pixels `a` (8 or 16 bits) as uint8 0-255, scaled as `load_mask` scales them"
+def _mask_u8(a, peak=None) -> np.ndarray:
+    """Mask pixels `a` (8 or 16 bits) as uint8 0-255, scaled as `load_mask` scales them (`peak`: the largest value of
+    the whole mask, when `a` is only some of its pixels)"""
     if a.dtype == np.uint8: return a
-    return (np.clip(a.astype(np.float32) / (65535 if a.dtype == np.uint16 or a.max(initial=0) > 255 else 255), 0, 1)
-            * 255 + 0.5).astype(np.uint8)
+    wide = a.dtype == np.uint16 or (a.max(initial=0) if peak is None else peak) > 255
+    return (np.clip(a.astype(np.float32) / (65535 if wide else 255), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 def _crop_pil(im, box, size, resample):
     """PIL image `im`'s square `box = (x0, y0, side)` (floats allowed; black outside the image) resized to `size`: only
@@ -377,18 +398,19 @@ def read_image_crop(path, box, size, image_size=None) -> tuple:
     crop = np.asarray(_crop_pil(im, tuple(v / s for v in box), size, Image.BILINEAR))
     return crop, max(hi for _, hi in im.getextrema()) <= 1        # blank: as `is_blank`, every pixel <= 1/255
 
-def _nearest_indices(box, size, H, W) -> tuple:
+def _nearest_indices(box, size, H, W, dtype=np.float32) -> tuple:
     """Rows and columns `[size]` of the pixels `crop_resize(a, box, size, 'depth')` picks from an `H` x `W` array (-1:
-    outside it): PIL's nearest-pixel rounding, found by resizing ramps of pixel indices the same way"""
+    outside it): PIL's nearest-pixel rounding, found by resizing ramps of pixel offsets the same way. With `dtype`
+    uint16: the pixels PIL picks resizing a 16-bit image (`_crop_pil`), which rounds its own way now and then"""
     x0, y0, side = box
     inside = x0 >= 0 and y0 >= 0 and x0 + side <= W and y0 + side <= H
     def axis(start, n, across):
-        ramp = np.arange(n, dtype=np.float32) if inside else np.arange(start, start + side, dtype=np.float32)
+        ramp = np.arange(n if inside else side).astype(dtype)        # offsets from 0 (inside) or from the box's start
         lo, hi = (start, start + side) if inside else (0, side)
         im = Image.fromarray(ramp[None] if across else ramp[:, None])
         out = im.resize((size, 1), Image.NEAREST, box=(lo, 0, hi, 1)) if across else \
             im.resize((1, size), Image.NEAREST, box=(0, lo, 1, hi))
-        idx = np.asarray(out).ravel().astype(np.int64)
+        idx = np.asarray(out).ravel().astype(np.int64) + (0 if inside else start)
         return np.where((idx >= 0) & (idx < n), idx, -1)
     return axis(y0, H, False), axis(x0, W, True)
 
@@ -398,16 +420,25 @@ def _sample(a, rows, cols):
     out[(rows < 0)[:, None] | (cols < 0)[None]] = 0
     return out
 
+def _pick(im, box, size, rows, cols) -> np.ndarray:
+    """The pixels of decoded PIL image `im` at `rows`, `cols` (`_nearest_indices`; 0 at -1) as an array: picked by PIL
+    itself (`_crop_pil`, nearest), so only they are copied out, unless PIL would pick others (16-bit images, now and
+    then), then from a copy of the whole image"""
+    same = im.mode != 'I;16' or all(np.array_equal(a, b) for a, b in zip(
+        _nearest_indices(box, size, im.size[1], im.size[0], np.uint16), (rows, cols)))
+    return np.asarray(_crop_pil(im, box, size, Image.NEAREST)) if same else _sample(np.asarray(im), rows, cols)
+
 def read_depth_crop(depth_path, mask_path, box, size, scale_adjustment=1.0) -> np.ndarray:
     """float32 `[size, size]` depth of `box` as `crop_resize(..., 'depth')` gives it from the full map (0 where missing,
-    or where the depth mask at `mask_path` says invalid); only the picked pixels are converted from float16 bits"""
+    or where the depth mask at `mask_path` says invalid); only the picked pixels are copied out of the decoded maps
+    (`_pick`) and converted from float16 bits"""
     path, im = _open_lazy(depth_path, 'depth map')
     im = _decoded(path, 'depth map', im)
     if im.mode not in ('I;16', 'I'):
         raise DataError(f"{path}: a CO3D depth map is a 16-bit PNG, this one is mode {im.mode}. "
                         "Re-download or regenerate it.")
     rows, cols = _nearest_indices(box, size, im.size[1], im.size[0])
-    a = _sample(np.asarray(im), rows, cols).astype(np.uint16)
+    a = _pick(im, box, size, rows, cols).astype(np.uint16)
     with np.errstate(invalid='ignore', over='ignore'):
         depth = a.view(np.float16).astype(np.float32) * np.float32(scale_adjustment)
     depth[~np.isfinite(depth) | (depth < 0)] = 0
@@ -415,7 +446,8 @@ def read_depth_crop(depth_path, mask_path, box, size, scale_adjustment=1.0) -> n
         mpath, m = _open_lazy(mask_path, 'depth mask', im.size[::-1])
         m = _decoded(mpath, 'depth mask', m)
         if m.mode not in ('L', 'I;16', 'I'): m = _decoded(mpath, 'depth mask', m, 'L')
-        depth = np.where(foreground(_sample(_mask_u8(np.asarray(m)), rows, cols)), depth, 0).astype(np.float32)
+        peak = m.getextrema()[1] if m.mode == 'I' else None            # 8 or 16 bits: decided by the whole mask
+        depth = np.where(foreground(_mask_u8(_pick(m, box, size, rows, cols), peak)), depth, 0).astype(np.float32)
     return depth
 
 # %% ../nbs/04_preprocess.ipynb #18cf3400
@@ -943,17 +975,21 @@ def ply2voxel_cli(input:Param('a point cloud .ply', str, required=True)=None,
 def extract_poses_cli(input_dir:Param('CO3D root', str, required=True)=None,
                       output_dir:Param('processed root', str, required=True)=None,
                       sequence:Param('sequence name', str, required=True)=None,
-                      category:str='chair'): # category
-    "Write poses/frameNNNNNN_pose.json (CO3D {R, T}, OpenCV and normalised cameras of the full image) for one sequence"
+                      category:str='chair', # category
+                      config:str=None, # YAML config for cube_len and fill (the one given to sparse3d_preprocess)
+                      cube_len:int=None, # voxel grid side: 32 or 64
+                      fill:str=None, # surface or solid
+                      max_frames:int=0): # the evenly spaced frames sparse3d_preprocess keeps (0: all)
+    """Write poses/frameNNNNNN_pose.json (CO3D {R, T}, OpenCV and normalised cameras of the full image) for one
+    sequence, in the voxel frame sparse3d_preprocess gives it (the same cleaned point cloud; a flagged sequence fails
+    the same way)"""
     def run():
-        cat = Co3dCategory(input_dir, category)
-        if sequence not in cat.sequences:
-            raise DataError(f"{quoted(Path(input_dir) / category)}: no sequence {quoted(sequence)}.")
-        seq = cat[sequence]
-        _, norm = ply2voxel(cat.load_pointcloud(seq)[0], 32, 'surface')
-        d = seq_dirs(output_dir, category, sequence)[0]/'poses'
-        for f in seq.frames: save_json(d/f'frame{f.frame_number:06d}_pose.json', frame_pose(f, norm))
-        print(f"{len(seq.frames)} poses written to {d}")
+        st = _settings(config, cube_len=cube_len, fill=fill, max_frames=max_frames)
+        r = extract_poses(input_dir, output_dir, category, sequence, st)
+        c = r['cleaning']
+        print(f"{r['n_poses']} poses written to {r['poses']}; normalised by the cleaned point cloud "
+              f"({c['n_kept']} of {c['n_points']} points kept, removed {c['removed']}); "
+              f"target occupancy {float(r['grid'].mean()):.3f}")
     with cli_errors('sparse3d_extract_poses'): run()
 
 @call_parse
@@ -990,10 +1026,17 @@ def preprocess_cli(input_dir:Param('CO3D root (a download, or sparse3d_synth out
                    max_frames:int=0, # keep this many evenly spaced frames per sequence (0: all)
                    workers:int=2, # parallel processes
                    seed:int=None, # seed of the split when the data have no set lists
-                   no_split:store_true=False): # only process sequences; no split or packing
-    "Process every sequence of a category (parallel, resumable), then split by sequence and pack the splits"
+                   no_split:store_true=False, # only process sequences; no split or packing
+                   hold_out:str=None, # component=type[,type...] to hold out in split heldout, e.g. support=runners
+                   pack_all:store_true=False): # also pack every sequence as split all (to score a whole root)
+    """Process every sequence of a category (parallel, resumable), then split by sequence (holding out component types
+    if asked, as sparse3d_split does) and pack the splits"""
     def run():
         from sparse3d.config import load_config
+        if no_split and (hold_out or pack_all):
+            raise ConfigError("--hold_out and --pack_all shape the split, and --no_split skips it: drop --no_split, "
+                              "or run sparse3d_split with them afterwards.")
+        parse_hold_out(hold_out)                            # a typo fails now, not after processing every sequence
         st = _settings(config, image_size=image_size, cube_len=cube_len, fill=fill, crop_margin=crop_margin,
                        apply_mask=apply_mask, max_frames=max_frames)
         rep = preprocess_category(input_dir, output_dir, category, st, workers)
@@ -1002,8 +1045,11 @@ def preprocess_cli(input_dir:Param('CO3D root (a download, or sparse3d_synth out
               f"({rep['frames_per_second']} frames/s); report: {Path(output_dir)/category/'preprocess_report.json'}")
         for n, info in list(rep['failed'].items())[:10]: print(f"  failed {n}: {info['error']}")
         if not no_split:
-            sp = split_and_pack(output_dir, category, input_dir, load_config(config, seed=seed).seed)
-            print(f"split ({sp['source']}): " + ', '.join(f"{k} {len(sp[k])}" for k in SPLITS))
+            sp = split_and_pack(output_dir, category, input_dir, load_config(config, seed=seed).seed,
+                                hold_out=hold_out, pack_all=pack_all)
+            print(f"split ({sp['source']}): " + ', '.join(f"{k} {len(sp[k])}" for k in SPLITS)
+                  + (f", heldout {len(sp['heldout'])} ({sp['hold_out']})" if sp['hold_out'] else '')
+                  + (', and all packed' if pack_all else ''))
     with cli_errors('sparse3d_preprocess'): run()
 
 @call_parse
@@ -1022,6 +1068,36 @@ def split_cli(output_dir:Param('processed root', str, required=True)=None,
         print(f"split ({sp['source']}): " + ', '.join(f"{k} {len(sp[k])}" for k in SPLITS)
               + (f", heldout {len(sp['heldout'])} ({sp['hold_out']})" if sp['hold_out'] else ''))
     with cli_errors('sparse3d_split'): run()
+
+# %% ../nbs/04_preprocess.ipynb #1cc8ddef
+def _cleaned_target(cat, seq, st: PreprocessSettings) -> tuple:
+    """`(frames, masks, dropped, grid, norm, cleaning)` of sequence `seq` of `cat` as `preprocess_sequence` makes them:
+    the frames `st` keeps, their first pass over the masks (`_first_pass`), and `sequence_target` of the cloud"""
+    xyz = cat.load_pointcloud(seq)[0]
+    ply = cat.path(seq.annotation.point_cloud_path)
+    if len(xyz) < 50: raise DataError(f"{quoted(ply)}: only {len(xyz)} points; too few to voxelise.")
+    frames = _even(seq.frames, st.max_frames)
+    masks, dropped = _first_pass(cat, frames, st)
+    if not masks:
+        raise DataError(f"{quoted(cat.root/cat.category/seq.name)}: no usable frame ({len(dropped)} dropped, e.g. "
+                        f"{dropped[0]['reason'] if dropped else 'no frames annotated'}).")
+    grid, norm, cleaning = sequence_target(xyz, _even([m[2] for m in masks.values()], VOTE_FRAMES), st, ply)
+    return frames, masks, dropped, grid, norm, cleaning
+
+def extract_poses(input_dir, output_dir, category, sequence, settings: PreprocessSettings = None,
+                  cat: Co3dCategory = None) -> dict:
+    """Write `poses/frameNNNNNN_pose.json` (`frame_pose` of the full image) of every frame `settings` keeps of
+    `sequence` into its `_processed` folder, normalised as `preprocess_sequence` normalises it (raises the same
+    `SequenceFlagged`); returns `dict(poses, n_poses, grid, normalization, cleaning, dropped)`"""
+    st = settings or PreprocessSettings()
+    cat = cat or Co3dCategory(input_dir, category)
+    if sequence not in cat.sequences:
+        raise DataError(f"{quoted(Path(input_dir) / category)}: no sequence {quoted(sequence)} in the annotations.")
+    folder = seq_dirs(output_dir, category, sequence)[0]/'poses'
+    frames, _, dropped, grid, norm, cleaning = _cleaned_target(cat, cat[sequence], st)
+    for f in frames: save_json(folder/f'frame{f.frame_number:06d}_pose.json', frame_pose(f, norm))
+    return dict(poses=folder, n_poses=len(frames), grid=grid, cleaning=cleaning, dropped=dropped,
+                normalization=dict(center=norm['center'], scale=norm['scale'], frame='world'))
 
 # %% ../nbs/04_preprocess.ipynb #5bd0acc9
 def resize_frames(src, dst, size, category='chair', noise=6.0, seed=0) -> Path:

@@ -44,6 +44,86 @@ def test_one_worker_equals_two(processed, tmp_path):
             assert np.array_equal(a, b), (name, split)
 
 
+def test_preprocess_holds_out_and_packs_all(processed, tmp_path):
+    "`sparse3d_preprocess --hold_out --pack_all` splits as `sparse3d_split` does; --no_split with them is refused"
+    import shutil
+    from sparse3d.co3d import Co3dCategory
+    families = {n: s.annotation.meta['components']['family']
+                for n, s in Co3dCategory(processed/'co3d', 'chair').sequences.items()}
+    family = sorted(families.values())[0]
+    shutil.copytree(processed/'proc', tmp_path/'proc')
+    p = run(BIN/'sparse3d_preprocess', '--input_dir', processed/'co3d', '--output_dir', tmp_path/'proc',
+            '--image_size', 64, '--hold_out', f'family={family}', '--pack_all')
+    assert '8 already done' in p.stdout and 'heldout' in p.stdout and 'all packed' in p.stdout, p.stdout
+    splits = json.loads((tmp_path/'proc'/'chair'/'splits.json').read_text())
+    assert splits['heldout'] == sorted(n for n, f in families.items() if f == family), (splits, families)
+    assert not set(splits['heldout']) & set(splits['train'] + splits['val'] + splits['test'])
+    packed = tmp_path/'proc'/'chair'/'packed'
+    assert json.loads((packed/'all'/'index.json').read_text())['sequences'] == sorted(families)
+    assert json.loads((packed/'heldout'/'index.json').read_text())['sequences'] == splits['heldout']
+    p = run(BIN/'sparse3d_preprocess', '--input_dir', processed/'co3d', '--output_dir', tmp_path/'proc',
+            '--image_size', 64, '--hold_out', 'family=sofa', '--no_split', ok=False)
+    assert p.returncode == 2 and '--hold_out and --pack_all shape the split' in p.stderr, p.stderr
+    p = run(BIN/'sparse3d_preprocess', '--input_dir', processed/'co3d', '--output_dir', tmp_path/'new',
+            '--image_size', 64, '--hold_out', 'family=throne', ok=False)
+    assert p.returncode == 2 and "unknown family type 'throne'" in p.stderr and not (tmp_path/'new').exists()
+
+
+@pytest.fixture(scope='module')
+def capture(tmp_path_factory):
+    "A capture-realism root of 3 sequences (seed 3: preprocessing keeps two and flags one), processed, not split"
+    d = tmp_path_factory.mktemp('capture')
+    run(BIN/'sparse3d_synth', '--out', d/'co3d', '--sequences', 3, '--frames', 8, '--image_size', 160, '--seed', 3,
+        '--realism', 'capture', '--workers', 1, '--quiet')
+    run(BIN/'sparse3d_preprocess', '--input_dir', d/'co3d', '--output_dir', d/'proc', '--image_size', 64,
+        '--workers', 1, '--no_split')
+    return d
+
+
+def test_extract_poses_agrees_with_preprocessing(capture, tmp_path):
+    "Both commands normalise by the same cleaned point cloud, and fail the same way on a flagged sequence"
+    report = json.loads((capture/'proc'/'chair'/'preprocess_report.json').read_text())
+    assert (len(report['done']), len(report['flagged'])) == (2, 1), report
+    name = sorted(report['done'])[0]
+    p = run(BIN/'sparse3d_extract_poses', '--input_dir', capture/'co3d', '--output_dir', tmp_path, '--sequence', name)
+    assert '8 poses written' in p.stdout, p.stdout
+    meta = json.loads((capture/'proc'/'chair'/f'{name}_processed'/'sequence_meta.json').read_text())
+    for fr in meta['frames']:
+        pose = json.loads((tmp_path/'chair'/f'{name}_processed'/'poses'/f"frame{fr['frame_number']:06d}_pose.json")
+                          .read_text())['normalized']
+        for k in ('R', 't'): np.testing.assert_allclose(pose[k], fr['camera'][k], rtol=0, atol=1e-12)
+    flagged = next(iter(report['flagged']))
+    a = run(BIN/'sparse3d_extract_poses', '--input_dir', capture/'co3d', '--output_dir', tmp_path,
+            '--sequence', flagged, ok=False)
+    b = run(BIN/'sparse3d_preprocess_sequence', '--input_dir', capture/'co3d', '--output_dir', tmp_path/'b',
+            '--sequence', flagged, '--image_size', 64, ok=False)
+    error = lambda p, prog: p.stderr.strip().splitlines()[-1].removeprefix(f'{prog}: error: ')
+    assert a.returncode == b.returncode != 0, (a.stderr, b.stderr)
+    assert error(a, 'sparse3d_extract_poses') == error(b, 'sparse3d_preprocess_sequence') \
+        == report['flagged'][flagged]['reason'], (a.stderr, b.stderr)
+    assert not (tmp_path/'chair'/f'{flagged}_processed').exists()
+
+
+def test_mixed_root_preprocesses(tmp_path):
+    "A mixed root (square clean frames, 4:3 capture ones) preprocesses into square crops of one size"
+    run(BIN/'sparse3d_synth', '--out', tmp_path/'co3d', '--sequences', 4, '--frames', 4, '--image_size', 64,
+        '--seed', 1, '--realism', 'mixed', '--workers', 1, '--quiet')
+    from sparse3d.co3d import Co3dCategory
+    cat = Co3dCategory(tmp_path/'co3d', 'chair')
+    sizes = {s.annotation.meta['realism']['condition']: s.frames[0].image_size for s in cat.sequences.values()}
+    assert sizes['clean'] == (64, 64) and sorted(sizes['capture']) == [48, 64], sizes
+    run(BIN/'sparse3d_preprocess', '--input_dir', tmp_path/'co3d', '--output_dir', tmp_path/'proc',
+        '--image_size', 32, '--workers', 1, '--no_split')
+    report = json.loads((tmp_path/'proc'/'chair'/'preprocess_report.json').read_text())
+    assert report['failed'] == {} and len(report['done']) + len(report['flagged']) == 4, report
+    clean = [n for n, s in cat.sequences.items() if s.annotation.meta['realism']['condition'] == 'clean']
+    assert set(clean) <= set(report['done']), report
+    from PIL import Image
+    for name in report['done']:
+        inst = tmp_path/'proc'/'chair'/f'{name}_dataset_instance'
+        assert {Image.open(p).size for p in (inst/'images').iterdir()} == {(32, 32)}
+
+
 def test_bad_values_fail_before_work(processed, tmp_path):
     p = run(BIN/'sparse3d_train', '--input_dir', processed/'proc', '--output_dir', tmp_path/'r', '--batch_size', 0,
             ok=False)

@@ -1,9 +1,10 @@
 """`sparse3d_synth` end to end, as a user runs it: the console script in a fresh process.
 
 Checks the exact CO3D v2 layout, that the output is byte-identical for 1 and 2 worker processes (for the
-six families, grammar chairs with misc objects, and both realism conditions), that the clean output is
-the one recorded below, that the annotations record each shape's components and capture knobs and read
-back with `sparse3d.co3d`, and that bad arguments fail cleanly (status 2, one line naming the problem, no
+six families, grammar chairs with misc objects, both realism conditions and a mixed root), that the clean
+output is the one recorded below, that the annotations record each shape's components, capture knobs and
+mixed root's coin and read back with `sparse3d.co3d`, that a mixed root's clean sequences are the clean root's
+byte for byte, and that bad arguments fail cleanly (status 2, one line naming the problem, no
 traceback, nothing written).
 """
 import hashlib, subprocess, sys
@@ -59,6 +60,13 @@ def capture_roots(tmp_path_factory):
                         '--realism', 'capture', expect='2 sequences x 3 frames at 160 px (capture)')
 
 
+@pytest.fixture(scope='module')
+def mixed_roots(tmp_path_factory):
+    "A mixed-realism dataset with the seed and size of `roots`, rendered with 1 and with 2 workers"
+    return render_twice(tmp_path_factory, 'mixed', '--sequences', N, '--frames', F, '--image_size', S, '--seed', 7,
+                        '--realism', 'mixed', expect=f'{N} sequences x {F} frames at {S} px (mixed)')
+
+
 def test_exact_co3d_layout(roots):
     root = roots[1]
     cat = Co3dCategory(root, 'chair')
@@ -85,7 +93,7 @@ def test_exact_co3d_layout(roots):
             assert f.mask_mass == pytest.approx(float(fr['mask'].sum()), rel=1e-6)
 
 
-@pytest.mark.parametrize('fixture', ['roots', 'grammar_roots', 'capture_roots'])
+@pytest.mark.parametrize('fixture', ['roots', 'grammar_roots', 'capture_roots', 'mixed_roots'])
 def test_same_bytes_for_1_and_2_workers(fixture, request):
     rendered = request.getfixturevalue(fixture)
     a, b = tree(rendered[1]), tree(rendered[2])
@@ -136,6 +144,28 @@ def test_capture_frames_and_knobs(capture_roots):
             assert fr['mask'].shape == fr['depth'].shape == tuple(knobs['image_size'])
 
 
+def test_mixed_root_records_its_coin(mixed_roots, roots):
+    "Each sequence of a mixed root is clean or capture by its recorded coin; its clean ones are the clean root's"
+    from sparse3d.co3d import load_json
+    mixed, clean = Co3dCategory(mixed_roots[1], 'chair'), Co3dCategory(roots[1], 'chair')
+    assert set(mixed.sequences) == set(clean.sequences)
+    frames = lambda root, name: [f for f in load_json(root/'chair'/'frame_annotations.jgz')
+                                 if f['sequence_name'] == name]
+    conditions = []
+    for name, s in mixed.sequences.items():
+        rec = s.annotation.meta['realism']
+        assert rec['mix']['capture_share'] == 0.5, rec
+        assert rec['condition'] == ('capture' if rec['mix']['draw'] < 0.5 else 'clean'), rec
+        conditions.append(rec['condition'])
+        if rec['condition'] == 'clean':
+            assert tree(mixed_roots[1]/'chair'/name) == tree(roots[1]/'chair'/name)
+            assert frames(mixed_roots[1], name) == frames(roots[1], name)
+        else:
+            assert sorted(rec['image_size']) == [3 * S // 4, S] and len(rec['exposure']) == F, rec
+            assert s.frames[0].image_size == tuple(rec['image_size'])
+    assert sorted(set(conditions)) == ['capture', 'clean'], conditions      # this seed draws both
+
+
 def test_point_cloud_projects_into_masks(roots):
     cat = Co3dCategory(roots[2], 'chair')
     inside = total = 0
@@ -172,6 +202,9 @@ def test_bad_arguments(tmp_path, args, message):
 @pytest.mark.parametrize(('args', 'message'), [
     (['--realism', 'studio'], "--realism 'studio' must be one of clean, capture"),
     (['--realism', 'capture', '--image_size', 48], "with --realism capture it is the frames' long side"),
+    (['--realism', 'mixed', '--image_size', 640], 'with --realism mixed it is the side of the clean frames'),
+    (['--realism', 'mixed', '--capture_share', 2], '--capture_share must be a number from 0 to 1'),
+    (['--capture_share', 0.3], "--capture_share applies to --realism mixed only, not 'clean'"),
 ])
 def test_bad_realism(tmp_path, args, message):
     r = synth('--out', tmp_path/'out', *args)
