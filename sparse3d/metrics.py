@@ -226,9 +226,15 @@ def local_samples(verts, faces, n_points=N_POINTS, seed=0) -> np.ndarray:
     r1, r2 = np.sqrt(_uniform(hk))[:, None], _uniform(_mix(hk))[:, None]
     return (1 - r1) * a[tri] + r1 * (1 - r2) * b[tri] + r1 * r2 * c[tri]
 
+def _check_count(value, name, low) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value < 2 ** 63:
+        raise ConfigError(f"{name} must be a whole number >= {low}, got {quoted(value)}.")
+    return int(value)
+
 def grid_surface(grid, threshold=0.5, n_points=N_POINTS, seed=0, extent=0.5) -> Surface:
     "The `Surface` of the binarised `grid >= threshold` (over `[-extent, extent]^3`), about `n_points` local samples"
     threshold, extent = _check_threshold(threshold), _check_extent(extent)
+    n_points, seed = _check_count(n_points, 'n_points', 1), _check_count(seed, 'seed', 0)
     occ = _one_grid(grid, 'grid') >= threshold
     if not occ.any(): return Surface(np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros((0, 3)))
     D = occ.shape[0]
