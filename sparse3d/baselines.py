@@ -82,7 +82,7 @@ def evaluate_baselines(ds, mean: Optional[MeanShape] = None, margin=0.5, hull=Tr
             raise DataError(f"the mean shape covers [-{mean.extent:.3g}, {mean.extent:.3g}]^3 but the dataset's grids "
                             f"cover [-{extent:.3g}, {extent:.3g}]^3: compute the mean shape with the same voxel_frame "
                             "as the dataset.")
-        ts = grid_surface(target, 0.5, kwargs.get('n_points', N_POINTS), kwargs.get('seed', 0) + 1, extent)
+        ts = grid_surface(target, 0.5, kwargs.get('n_points', N_POINTS), kwargs.get('seed', 0), extent)
         info = dict(id=s['id'], num_views=len(s['views']))
         if hull:
             h = visual_hull(s['masks'], s['K'], s['R'], s['t'], target.shape[0], margin, extent=extent)

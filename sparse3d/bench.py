@@ -396,7 +396,9 @@ def plot_time_to_quality(curves: dict):
 
 # %% ../nbs/11_benchmarks.ipynb #595d4d4c
 def _per_view(means, method) -> dict:
-    return {int(v): dict(iou=float(d['iou']), fscore=float(d['fscore'])) for v, d in means.get(method, {}).items()}
+    "Every metric (`METRIC_KEYS`) of `method`'s means, per view count"
+    from sparse3d.metrics import METRIC_KEYS
+    return {int(v): {k: float(d[k]) for k in METRIC_KEYS} for v, d in means.get(method, {}).items()}
 
 def evaluate_quality(path, test_dir, out_dir, views='1,2,4,8', split='test', max_objects=None, device='cpu',
                      category='chair') -> dict:

@@ -131,8 +131,8 @@ def save_prediction(prob, stem, threshold=0.5, extent=0.5) -> dict:
     return out
 
 # %% ../nbs/09e_evaluate.ipynb #c8afc3aa
-CSV_COLUMNS = ('id', 'method', 'num_views', 'views', 'threshold', 'iou', 'fscore', 'precision', 'recall', 'chamfer_l1',
-               'pred_occupancy', 'target_occupancy', 'empty_pred', 'empty_target')
+CSV_COLUMNS = ('id', 'method', 'num_views', 'views', 'threshold', 'iou', 'fscore', 'fscore_2', 'chamfer',
+               'fscore_mesh', 'precision', 'recall', 'pred_occupancy', 'target_occupancy', 'empty_pred', 'empty_target')
 
 def safe_name(s) -> str:
     "`s` as a file name: letters, digits, `.`, `_` and `-` kept, anything else `_`"

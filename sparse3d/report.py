@@ -167,13 +167,13 @@ def plot_photo_views(images, preds: dict, threshold=0.5, names=None, size=1.9):
     return fig
 
 # %% ../nbs/09d_report.ipynb #fa070dc5
-_METRICS = (('iou', 'IoU', True, '.3f'), ('fscore', 'F-score@1%', True, '.3f'),
-            ('chamfer_l1', 'Chamfer-L1', False, '.4f'))      # (key, name, higher is better, format)
+_METRICS = (('iou', 'IoU', True, '.3f'), ('fscore', 'F@1%', True, '.3f'), ('fscore_2', 'F@2%', True, '.3f'),
+            ('chamfer', 'Chamfer', False, '.4f'))      # (key, name, higher is better, format)
 
 def _methods(means) -> list: return [m for m in METHODS if means.get(m)]
 
 def results_table(means) -> str:
-    "Text table of `means` = `{method: {num_views: mean_metrics}}`: IoU, F-score, Chamfer-L1 per method and view count"
+    "Text table of `means` = `{method: {num_views: mean_metrics}}`: IoU, F@1%, F@2%, Chamfer per method and view count"
     methods = _methods(means)
     views = sorted({int(v) for m in methods for v in means[m]})
     short = {'model': 'model', 'visual_hull': 'hull', 'mean_shape': 'mean'}

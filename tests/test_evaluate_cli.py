@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import CLI_BIN as BIN, run_cli
-CSV_COLUMNS = ['id', 'method', 'num_views', 'views', 'threshold', 'iou', 'fscore', 'precision', 'recall', 'chamfer_l1',
-               'pred_occupancy', 'target_occupancy', 'empty_pred', 'empty_target']
+CSV_COLUMNS = ['id', 'method', 'num_views', 'views', 'threshold', 'iou', 'fscore', 'fscore_2', 'chamfer', 'fscore_mesh',
+               'precision', 'recall', 'pred_occupancy', 'target_occupancy', 'empty_pred', 'empty_target']
 
 
 def sparse3d_test(*args, ok=True, timeout=600): return run_cli(BIN/'sparse3d_test', *args, ok=ok, timeout=timeout)
@@ -69,8 +69,8 @@ def test_processed_root_writes_everything(world, tmp_path):
     assert '2 chair objects of' in p.stdout and 'test split' in p.stdout
     table = [line for line in lines if line.split('|')[0].strip().isdigit()]
     assert [line.split('|')[0].strip() for line in table] == ['1', '2', '4'], p.stdout
-    # model, hull, mean per metric
-    assert all(len(line.split('|')) == 4 and len(line.split('|')[1].split()) == 3 for line in table)
+    # model, hull, mean per metric: IoU, F@1%, F@2%, Chamfer
+    assert all(len(line.split('|')) == 5 and len(line.split('|')[1].split()) == 3 for line in table), p.stdout
 
     assert sorted(f.name for f in out.iterdir()) == ['metrics.json', 'metrics_per_object.csv', 'prediction_3d.html',
                                                      'predictions', 'report.html']
@@ -80,7 +80,8 @@ def test_processed_root_writes_everything(world, tmp_path):
     ids = sorted({r['id'] for r in rows})
     assert ids == sorted(json.loads((world/'proc'/'chair'/'splits.json').read_text())['test'])
     for r in rows:
-        assert 0 <= float(r['iou']) <= 1 and 0 <= float(r['fscore']) <= 1 and float(r['chamfer_l1']) >= 0
+        assert 0 <= float(r['iou']) <= 1 and 0 <= float(r['fscore']) <= float(r['fscore_2']) <= 1, r
+        assert float(r['chamfer']) >= 0 and 0 <= float(r['fscore_mesh']) <= 1, r
         assert len(r['views'].split()) == int(r['num_views'])
     same_views = {(r['id'], r['num_views']): set() for r in rows}
     for r in rows: same_views[r['id'], r['num_views']].add(r['views'])

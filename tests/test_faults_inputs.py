@@ -615,7 +615,7 @@ def sites(ctx, text):
         'synth category': lambda: check_synth_args(ctx.tmp/'out', 1, 1, 64, 0, 1, text),
         'eval views': lambda: parse_views(text),
         'eval threshold': lambda: batch_iou(grid, grid, text),
-        'eval distance': lambda: surface_metrics(grid[0], grid[0], distance=text),
+        'eval tau': lambda: surface_metrics(grid[0], grid[0], tau=text),
         'eval test_dir': lambda: input_kind(ctx.tmp/'no such folder'/text),
         'eval category': lambda: input_kind(processed, text),
     }
@@ -623,7 +623,7 @@ def sites(ctx, text):
 
 SITES = ['subset value', 'subset name', 'set list split', 'frame record', 'frame image size', 'sequence record',
          'annotation path', 'category', 'config key', 'config value', 'config number', 'binvox version', 'binvox dims',
-         'missing file', 'split name', 'bench runs', 'synth category', 'eval views', 'eval threshold', 'eval distance',
+         'missing file', 'split name', 'bench runs', 'synth category', 'eval views', 'eval threshold', 'eval tau',
          'eval test_dir', 'eval category']
 
 
@@ -644,7 +644,7 @@ test_raise_sites_quote_input, test_raise_sites_quote_input_deep = fuzz(
     'names, values, keys and paths holding newlines, escape sequences, line separators, bidi marks, lone surrogates or '
     '20,000 characters, fed to the raise sites of subsets, set lists, frame and sequence annotations, annotation '
     'paths, categories, config keys and values, binvox headers, split names, --runs labels, synth arguments, and '
-    'evaluation\'s --views, thresholds, distances, --test_dir paths and categories',
+    'evaluation\'s --views, thresholds, F-score tau, --test_dir paths and categories',
     200, 2000,
     expect='a one-line printable Sparse3DError (the input escaped and cut), or a correct value',
     examples=[('missing file', '\ud800'), ('annotation path', '\ud800')])   # once a raw UnicodeEncodeError from os.stat

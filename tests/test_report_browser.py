@@ -124,7 +124,7 @@ def test_report_in_chromium(reports, kind, tmp_path):
                 assert heads[:4] == ['Results', 'IoU against the number of views', 'Examples (2 views)', '3D view'], \
                     heads
                 assert page.locator('table.results tbody tr').count() == 3              # views 1, 2, 4
-                assert table.locator('th').all_inner_texts()[:4] == ['views', 'IoU ↑', 'F-score@1% ↑', 'Chamfer-L1 ↓']
+                assert table.locator('th').all_inner_texts()[:5] == ['views', 'IoU ↑', 'F@1% ↑', 'F@2% ↑', 'Chamfer ↓']
             else:
                 assert heads[:3] == ['Prediction', '3D view', 'Predictions'], heads
             imgs = page.locator('img')
