@@ -221,7 +221,7 @@ def test_draws_and_train_dir(world, tmp_path):
 
 @pytest.mark.parametrize(('flags', 'expect'), [
     (('--draws', '0'), '--draws must be a whole number >= 1'),
-    (('--train_dir', 'nowhere'), "'nowhere': --train_dir must be a processed root"),
+    (('--train_dir', 'nowhere'), 'nowhere: --train_dir must be a processed root'),
     (('--train_dir', 'co3d'), "--train_dir must be a processed root")])
 def test_bad_draws_and_train_dir(world, tmp_path, flags, expect):
     flags = tuple(str(world/f) if f == 'co3d' else f for f in flags)
