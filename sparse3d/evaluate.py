@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['CSV_COLUMNS', 'CSV_NAME', 'PRED_CSV_NAME', 'load_trained', 'model_threshold', 'input_kind', 'write_mesh',
            'save_prediction', 'safe_name', 'predict_batches', 'evaluate_split', 'EvalRequest', 'parse_views',
-           'evaluate_run', 'run_summary_text', 'test_cli']
+           'check_train_dir', 'evaluate_run', 'run_summary_text', 'test_cli']
 
 # %% ../nbs/09e_evaluate.ipynb #86417983
 import csv, json, re, sys, warnings
@@ -29,7 +29,7 @@ from .model import VAEGAN, model_inputs
 from .train import checkpoint_config, load_checkpoint, load_model_weights, resolve_device, seed_everything
 from .metrics import AlmostEmptyWarning, check_occupancy, evaluate_object, grid_mesh, mean_metrics
 from .metrics import _check_extent, _check_threshold, _one_grid      # the checks of every grid and threshold
-from .baselines import METHODS, MeanShape, evaluate_baselines, mean_shape
+from .baselines import METHODS, Baselines, evaluate_baselines, fit_baselines
 from .photos import IMAGE_SUFFIXES, _image_files, find_photos, photo_sample
 from .report import REPORT_NAME, SNAPSHOT_NAME, results_table, write_report, write_snapshot
 from .report import examples_figure, fig_to_uri, first_rotation, iou_figure, pick_examples, picture_grids
@@ -131,8 +131,9 @@ def save_prediction(prob, stem, threshold=0.5, extent=0.5) -> dict:
     return out
 
 # %% ../nbs/09e_evaluate.ipynb #c8afc3aa
-CSV_COLUMNS = ('id', 'method', 'num_views', 'views', 'threshold', 'iou', 'fscore', 'fscore_2', 'chamfer',
-               'fscore_mesh', 'precision', 'recall', 'pred_occupancy', 'target_occupancy', 'empty_pred', 'empty_target')
+CSV_COLUMNS = ('id', 'method', 'num_views', 'draw', 'views', 'threshold', 'iou', 'fscore', 'fscore_2', 'chamfer',
+               'fscore_mesh', 'precision', 'recall', 'pred_occupancy', 'target_occupancy', 'empty_pred',
+               'empty_target')
 
 def safe_name(s) -> str:
     "`s` as a file name: letters, digits, `.`, `_` and `-` kept, anything else `_`"
@@ -154,10 +155,12 @@ def _empty_note(empties, n, num_views, threshold) -> str:
     return (f"{len(empties)} of {n} predictions from {num_views} views are almost empty at threshold {threshold:g}; "
             f"e.g. {oid}: {msg}")
 
-def evaluate_split(model, ds, threshold, objects=None, mean: Optional[MeanShape] = None, out_dir=None, keep=(),
-                   device=None, batch_size=8, bar=None) -> dict:
-    "Rows of the model and baselines on `objects` of `ds`, predictions written to `out_dir`, probabilities of `keep`"
+def evaluate_split(model, ds, threshold, objects=None, baselines: Optional[Baselines] = None, out_dir=None, keep=(),
+                   device=None, batch_size=8, bar=None, draw=0) -> dict:
+    """Rows of the model and `baselines` on `objects` of `ds` (each with its `draw`), predictions written to `out_dir`,
+    probabilities of `keep`"""
     objects = list(range(len(ds)) if objects is None else objects)
+    mean = baselines.mean if baselines is not None else None
     v, expected = ds.num_views, (mean.mean_occupancy if mean is not None else None)
     rows, kept, empties, view_ids = [], {}, [], {}
     for idx, b, probs in predict_batches(model, ds, objects, device, batch_size):
@@ -173,8 +176,8 @@ def evaluate_split(model, ds, threshold, objects=None, mean: Optional[MeanShape]
             if msg: empties.append((oid, msg))
             if i in keep: kept[i] = pc
             if bar is not None: bar.update(1)
-    rows += evaluate_baselines(ds, mean, objects=objects)
-    for r in rows: r['views'] = view_ids[r['id']]
+    if baselines is not None: rows += evaluate_baselines(ds, baselines, objects=objects)
+    for r in rows: r.update(draw=draw, views=view_ids[r['id']])
     order = {m: k for k, m in enumerate(METHODS)}
     rows.sort(key=lambda r: (objects.index(ds.names.index(r['id'])), order[r['method']]))
     return dict(rows=rows, probs=kept, warning=_empty_note(empties, len(objects), v, threshold) if empties else None)
@@ -198,6 +201,9 @@ class EvalRequest:
     progress: bool = False             # a progress bar on stderr
     n_figures: int = 3                 # objects pictured: the best, the median and the worst
     mask_threshold: float = 0.5        # photos: a mask pixel is the object above this (soft masks)
+    train_dir: Optional[str] = None    # processed root whose train/val splits give the baselines (default: test_dir)
+    draws: int = 1                     # draws of views per object, seeds seed, seed + 1, ...
+    baselines: bool = True             # False: the model's rows only
 
 # %% ../nbs/09e_evaluate.ipynb #e9e4e030
 CSV_NAME, PRED_CSV_NAME = 'metrics_per_object.csv', 'predictions.csv'
@@ -237,13 +243,23 @@ def _frame_text(cfg) -> str:
     if cfg.use_pose: return "the sequence's normalised world axes (voxel_frame: world), cube [-0.5, 0.5]^3"
     return "the generator's own axes, taken as the world's (no poses, voxel_frame: world), cube [-0.5, 0.5]^3"
 
-def _train_mean_shape(root, category, cfg) -> Optional[MeanShape]:
-    "The mean shape of the train split of `root` in the model's voxel frame, or None when there is none"
-    try:
-        train = MultiViewDataset(root, 'train', num_views=1, category=category, train=False,
-                                 voxel_frame=cfg.voxel_frame)
-    except DataError: return None
-    return mean_shape(train) if len(train) else None
+def check_train_dir(train_dir, category, cfg) -> Path:
+    "The processed root `train_dir` whose train split gives the baselines, checked against the model's grid"
+    d = Path(train_dir)
+    if not (d/category/'packed').is_dir():
+        raise DataError(f"{quoted(d)}: --train_dir must be a processed root (with {quoted(Path(category)/'packed')}/, "
+                        "from sparse3d_preprocess) whose train split gives the baselines.")
+    try: idx = load_json(packed_dir(d, 'train', category)/'index.json')
+    except DataError as e: raise DataError(f"--train_dir: {e}") from None
+    if idx.get('cube_len') != cfg.cube_len:
+        raise DataError(f"{quoted(d)}: --train_dir is packed at cube_len {quoted(idx.get('cube_len'))}, but the model "
+                        f"predicts {cfg.cube_len}^3 grids; give a root packed at --cube_len {cfg.cube_len}.")
+    return d
+
+def _check_draws(draws) -> int:
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
+        raise ConfigError(f"--draws must be a whole number >= 1 (draws of views per object), got {quoted(draws)}.")
+    return int(draws)
 
 def _open_datasets(root, split, views, cfg, category, seed) -> dict:
     "One `MultiViewDataset` per view count, all checked against the model before any work"
@@ -273,7 +289,7 @@ def _main_views(views, num_views, cfg) -> int:
 # %% ../nbs/09e_evaluate.ipynb #3de3dc79
 def _processed_figures(req: EvalRequest, ds, rows, probs, means, views, main) -> tuple:
     "The figures of a processed run (data URIs) and the object of its 3D view, whose snapshot is written"
-    model_rows = [r for r in rows if r['method'] == 'model' and r['num_views'] == main]
+    model_rows = [r for r in rows if r['method'] == 'model' and r['num_views'] == main and r['draw'] == 0]
     picks = pick_examples([(ds.names.index(r['id']), r['iou']) for r in model_rows], req.n_figures)
     figures = dict(iou=iou_figure(means, views), examples=examples_figure(ds, picks, probs, req.threshold))
     label, i = next((p for p in picks if p[0] == 'median'), picks[0])
@@ -291,27 +307,33 @@ def _run_processed(req: EvalRequest, model) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     n = len(dss[views[0]])
     objects = list(range(n if req.max_objects is None else min(n, int(req.max_objects))))
-    mean = _train_mean_shape(root, req.category, cfg)
-    notes = [] if mean is not None else [f"{root}: no train split of {req.category} to take the mean shape from; "
-                                         "that baseline is left out."]
-    rows, probs = [], {}
-    bar = tqdm(total=len(objects) * len(views), desc='sparse3d_test', unit='object', disable=not req.progress,
-               leave=False)
-    for v in views:
-        r = evaluate_split(model, dss[v], req.threshold, objects, mean, out, keep=objects if v == main else (), bar=bar)
-        rows += r['rows']
-        if v == main: probs = r['probs']
-        if r['warning']: notes.append(r['warning'])
+    base = None
+    if req.baselines:
+        base = fit_baselines(req.train_dir or root, req.category, cfg.voxel_frame, views, seed=req.seed)
+    notes, rows, probs = list(base.notes) if base is not None else [], [], {}
+    bar = tqdm(total=len(objects) * len(views) * req.draws, desc='sparse3d_test', unit='object',
+               disable=not req.progress, leave=False)
+    for d in range(req.draws):                        # draw d: views drawn with seed + d; files and figures of draw 0
+        if d: dss = _open_datasets(root, req.split, views, cfg, req.category, req.seed + d)
+        for v in views:
+            first = d == 0 and v == main
+            r = evaluate_split(model, dss[v], req.threshold, objects, base, out if d == 0 else None,
+                               keep=objects if first else (), bar=bar, draw=d)
+            rows += r['rows']
+            if first: probs = r['probs']
+            if r['warning']: notes.append(r['warning'] if req.draws == 1 else f"draw {d}: {r['warning']}")
     bar.close()
     means = {m: {v: mean_metrics(r for r in rows if r['method'] == m and r['num_views'] == v) for v in views}
              for m in METHODS if any(r['method'] == m for r in rows)}
     _write_csv(out/CSV_NAME, rows, CSV_COLUMNS)
     figures, example = _processed_figures(req, dss[main], rows, probs, means, views, main)
+    mean = base.mean if base is not None else None
     ms = None if mean is None else dict(n=mean.n, threshold=mean.threshold, train_iou=mean.train_iou,
                                         mean_occupancy=mean.mean_occupancy)
-    data = dict(root=str(root), category=req.category, split=req.split, n_objects=len(objects), seed=req.seed)
+    data = dict(root=str(root), category=req.category, split=req.split, n_objects=len(objects), seed=req.seed,
+                draws=req.draws, train_dir=str(req.train_dir or root))
     return dict(data=data, views=views, main_views=main, means=means, rows=rows, warnings=notes, mean_shape=ms,
-                figures=figures, example=example)
+                baseline_settings=base.settings() if base is not None else None, figures=figures, example=example)
 
 def _photo_forward(model, batch):
     "The model's output for a batch of photos; a refining model without cameras runs without carving"
@@ -393,11 +415,14 @@ def evaluate_run(*request, **flags) -> dict:
     seed = cfg.seed if req.seed is None else int(req.seed)
     if req.max_objects is not None and int(req.max_objects) < 1:
         raise ConfigError(f"--max_objects must be >= 1, got {quoted(req.max_objects)}.")
+    draws = _check_draws(req.draws)
     kind = input_kind(req.test_dir, req.category)
+    if req.train_dir is not None and kind == 'processed' and req.baselines:
+        check_train_dir(req.train_dir, req.category, cfg)
     out = Path(req.output_dir)
     if out.exists() and not out.is_dir(): raise ConfigError(f"{quoted(out)}: --output_dir is a file; give a folder.")
     seed_everything(seed)
-    req = replace(req, threshold=threshold, seed=seed)
+    req = replace(req, threshold=threshold, seed=seed, draws=draws)
     res = (_run_processed if kind == 'processed' else _run_photos)(req, model)     # each checks its inputs first
     created = datetime.now(timezone.utc).isoformat(timespec='seconds')
     result = dict(sparse3d_version=sparse3d.__version__, created=created, mode=kind,
@@ -418,8 +443,10 @@ def run_summary_text(result) -> str:
     lines = [f"model: {m['path']} (epoch {m['epoch']}, {'with' if m['config']['use_pose'] else 'without'} poses); "
              f"threshold {result['threshold']:g} ({result['threshold_source']})"]
     if result['mode'] == 'processed':
-        lines.append(f"{d['n_objects']} {d['category']} objects of {d['root']}, {d['split']} split; "
-                     "model vs visual hull vs mean shape:")
+        names = ', '.join(METHODS[k] for k in METHODS if k in result['means'])
+        draws = f", {d['draws']} draws of views each" if d.get('draws', 1) > 1 else ''
+        lines.append(f"{d['n_objects']} {d['category']} objects of {d['root']}, {d['split']} split{draws}; "
+                     f"{names}:")
         lines.append(results_table(result['means']))
     else:
         lines.append(f"{d['n_photos']} photos in {d['folder']}; poses: {d['poses']}")
@@ -451,7 +478,10 @@ def test_cli(model_path:Param('checkpoint to evaluate, e.g. <run>/checkpoints/be
              device:str='auto', # auto, cpu, cuda or cuda:N
              seed:int=None, # seed of the views drawn for each object (default: the model's)
              max_objects:int=None, # evaluate at most this many objects (default: all)
-             mask_threshold:float=0.5): # photos: a mask pixel is the object above this (soft masks)
+             mask_threshold:float=0.5, # photos: a mask pixel is the object above this (soft masks)
+             train_dir:str=None, # processed root whose train/val splits give the baselines (default: --test_dir)
+             draws:int=1, # draws of views per object (seeds --seed, --seed + 1, ...); every CSV row has its draw
+             baselines:Param("score the baselines next to the model (true/false)", bool_arg)=True):
     "Evaluate a trained model on a processed split against the baselines, or predict from photos; writes report.html"
     with cli_errors('sparse3d_test'):
         with warnings.catch_warnings(record=True) as caught:
@@ -459,7 +489,7 @@ def test_cli(model_path:Param('checkpoint to evaluate, e.g. <run>/checkpoints/be
             warnings.simplefilter('always', UserWarning)
             req = EvalRequest(model_path, test_dir, output_dir, num_views, use_pose, threshold, split, views, category,
                               device, seed, max_objects, progress=sys.stderr.isatty(),
-                              mask_threshold=mask_threshold)
+                              mask_threshold=mask_threshold, train_dir=train_dir, draws=draws, baselines=baselines)
             res = evaluate_run(req)
         print(run_summary_text(res))
         for w in caught:

@@ -176,7 +176,7 @@ def results_table(means) -> str:
     "Text table of `means` = `{method: {num_views: mean_metrics}}`: IoU, F@1%, F@2%, Chamfer per method and view count"
     methods = _methods(means)
     views = sorted({int(v) for m in methods for v in means[m]})
-    short = {'model': 'model', 'visual_hull': 'hull', 'mean_shape': 'mean'}
+    short = {'model': 'model', 'visual_hull': 'hull', 'retrieval': 'retr', 'mean_shape': 'mean'}
     w = 7 * len(methods)
     lines = ['views | ' + ' | '.join(f'{name:^{w - 1}}' for _, name, _, _ in _METRICS),
              '      | ' + ' | '.join(' '.join(f'{short[m]:>6}' for m in methods) for _ in _METRICS)]

@@ -5,6 +5,8 @@
 - a folder of photos as a user brings them, written from synthetic renders at a non-square size
   (200x150 JPEGs, one of them a PNG, PNG masks, CO3D pose files): it works with and without the pose files
   for a model trained without poses, and a pose model refuses photos without poses;
+- `--draws N` scores every object from N draws of views, `--train_dir` names the root whose train/val splits
+  give the baselines; bad values of either are one-line errors;
 - bad inputs (a CO3D root that was never preprocessed, more views than frames, an unknown split, a checkpoint
   of another architecture, a corrupt one, --use_pose against the checkpoint) end with one line `error: ...`
   and a non-zero exit status, and write nothing.
@@ -16,8 +18,8 @@ import pytest
 import torch
 
 from conftest import CLI_BIN as BIN, run_cli
-CSV_COLUMNS = ['id', 'method', 'num_views', 'views', 'threshold', 'iou', 'fscore', 'fscore_2', 'chamfer', 'fscore_mesh',
-               'precision', 'recall', 'pred_occupancy', 'target_occupancy', 'empty_pred', 'empty_target']
+CSV_COLUMNS = ['id', 'method', 'num_views', 'draw', 'views', 'threshold', 'iou', 'fscore', 'fscore_2', 'chamfer',
+               'fscore_mesh', 'precision', 'recall', 'pred_occupancy', 'target_occupancy', 'empty_pred', 'empty_target']
 
 
 def sparse3d_test(*args, ok=True, timeout=600): return run_cli(BIN/'sparse3d_test', *args, ok=ok, timeout=timeout)
@@ -69,14 +71,14 @@ def test_processed_root_writes_everything(world, tmp_path):
     assert '2 chair objects of' in p.stdout and 'test split' in p.stdout
     table = [line for line in lines if line.split('|')[0].strip().isdigit()]
     assert [line.split('|')[0].strip() for line in table] == ['1', '2', '4'], p.stdout
-    # model, hull, mean per metric: IoU, F@1%, F@2%, Chamfer
-    assert all(len(line.split('|')) == 5 and len(line.split('|')[1].split()) == 3 for line in table), p.stdout
+    # model, hull, retrieval, mean per metric: IoU, F@1%, F@2%, Chamfer
+    assert all(len(line.split('|')) == 5 and len(line.split('|')[1].split()) == 4 for line in table), p.stdout
 
     assert sorted(f.name for f in out.iterdir()) == ['metrics.json', 'metrics_per_object.csv', 'prediction_3d.html',
                                                      'predictions', 'report.html']
     rows = list(csv.DictReader(open(out/'metrics_per_object.csv', encoding='utf-8')))
     assert list(rows[0]) == CSV_COLUMNS
-    assert len(rows) == 2 * 3 * 3
+    assert len(rows) == 2 * 3 * 4 and {r['draw'] for r in rows} == {'0'}
     ids = sorted({r['id'] for r in rows})
     assert ids == sorted(json.loads((world/'proc'/'chair'/'splits.json').read_text())['test'])
     for r in rows:
@@ -92,7 +94,8 @@ def test_processed_root_writes_everything(world, tmp_path):
     assert (m['mode'], m['threshold'], m['threshold_source']) == ('processed', ck['threshold'],
                                                                   'validation-best, stored in the checkpoint')
     assert m['views'] == [1, 2, 4] and m['data']['n_objects'] == 2 and m['data']['split'] == 'test'
-    assert sorted(m['means']) == ['mean_shape', 'model', 'visual_hull'], sorted(m['means'])
+    assert sorted(m['means']) == ['mean_shape', 'model', 'retrieval', 'visual_hull'], sorted(m['means'])
+    assert sorted(m['baseline_settings']['visual_hull']) == ['1', '2', '4'], m['baseline_settings']
     assert sorted(m['means']['model']) == ['1', '2', '4'], sorted(m['means']['model'])
     for method in m['means']:
         for v in ('1', '2', '4'):
@@ -200,6 +203,35 @@ def test_bad_inputs_are_one_line_errors(world, bad_checkpoints, tmp_path, case):
     assert p.stderr.count('\n') == 1 and 'Traceback' not in p.stderr, p.stderr
     assert expect in p.stderr, p.stderr
     assert p.stdout == '' and not (tmp_path/'out').exists()
+
+
+def test_draws_and_train_dir(world, tmp_path):
+    out = tmp_path/'draws'
+    p = sparse3d_test('--model_path', ckpt(world), '--test_dir', world/'proc', '--output_dir', out, '--split', 'test',
+                      '--views', '2', '--draws', '2', '--train_dir', world/'proc', '--device', 'cpu')
+    assert '2 draws of views each' in p.stdout, p.stdout
+    rows = list(csv.DictReader(open(out/'metrics_per_object.csv', encoding='utf-8')))
+    assert sorted({(r['draw'], r['method']) for r in rows}) == sorted(
+        (d, m) for d in '01' for m in ('mean_shape', 'model', 'retrieval', 'visual_hull')), rows
+    views = {d: {r['id']: r['views'] for r in rows if r['draw'] == d} for d in '01'}
+    assert views['0'] != views['1'], views                              # the second draw sees other views
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['data']['draws'] == 2 and m['data']['train_dir'] == str(world/'proc')
+    assert m['means']['model']['2']['n_objects'] == 2 * 2
+
+
+@pytest.mark.parametrize(('flags', 'expect'), [
+    (('--draws', '0'), '--draws must be a whole number >= 1'),
+    (('--train_dir', 'nowhere'), 'nowhere: --train_dir must be a processed root'),
+    (('--train_dir', 'co3d'), "--train_dir must be a processed root")])
+def test_bad_draws_and_train_dir(world, tmp_path, flags, expect):
+    flags = tuple(str(world/f) if f == 'co3d' else f for f in flags)
+    p = sparse3d_test('--model_path', ckpt(world), '--test_dir', world/'proc', '--output_dir', tmp_path/'out',
+                      '--device', 'cpu', *flags, ok=False)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert p.stderr.startswith('sparse3d_test: error: ') and p.stderr.count('\n') == 1, p.stderr
+    assert expect in p.stderr, p.stderr
+    assert not (tmp_path/'out').exists()
 
 
 def test_required_flags():
