@@ -27,7 +27,7 @@ from .config import ConfigError, DataError, Sparse3DError, atomic_write, cli_err
 from .config import md_table, median_time      # the project's one table writer and one timer
 from .geometry import cell_centers
 from .data import Batch, MultiViewDataset, make_loader, packed_dir, pose_features, POSE_DIM
-from .model import VAEGAN, ring_cameras, forward_time, flops_per_sample
+from .model import VAEGAN, _ring_cameras, forward_time, flops_per_sample
 from .preprocess import PreprocessSettings, preprocess_category, resize_frames, split_and_pack
 from .synthetic import render_dataset
 from .train import TrainState, Generative, optimizers, train_step, seed_everything, resolve_device
@@ -170,7 +170,7 @@ def reference_batch(batch_size=8, num_views=4, image_size=128, cube_len=32, seed
     """A batch as `make_loader(MultiViewDataset(...))` gives it: a ball seen by a ring of `num_views` cameras, random
     texture"""
     B, V, S = batch_size, num_views, image_size
-    cams = ring_cameras(V, S)
+    cams = _ring_cameras(V, S)
     rep = lambda x: x.expand(B, *x.shape[1:]).clone()
     masks = rep(cams['masks'])
     g = torch.Generator().manual_seed(seed)
