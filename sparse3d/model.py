@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, flop_registry, register_flop_formula
 
 from .config import Config, ConfigError, median_time
+from .data import Batch, Sample, collate
 from .geometry import (VIEW_EXTENT, look_at, relative_pose_features, silhouette_votes, view0_cameras,
                                view_to_world)
 from .geometry import cell_centers, project_points, sample_views
@@ -452,10 +453,17 @@ class VAEGAN(nn.Module):
                 combine: Optional[str] = None) -> VAEOutput:
         return encode_decode(self, images, poses, cameras, self.training if sample is None else sample, combine)[0]
 
-def model_inputs(batch: dict, cfg: Config, device=None) -> dict:
-    """Keyword arguments of `VAEGAN.forward` from a (batched) sample of `MultiViewDataset`: images, and the poses and
-    cameras the model uses"""
-    to = lambda k: batch[k].to(device, non_blocking=True) if device is not None else batch[k]
+def model_inputs(batch: Batch, cfg: Config, device=None) -> dict:
+    """Keyword arguments of `VAEGAN.forward` from a `Batch` (a `Sample` counts as a batch of one, a mapping with the
+    same keys works too): images, and the poses and cameras the model uses, on `device`"""
+    if isinstance(batch, Sample): batch = collate([batch])
+    def to(name):
+        x = getattr(batch, name) if isinstance(batch, Batch) else batch.get(name)
+        if x is None:
+            raise ValueError(f"model_inputs: the batch has no {name}, which this model needs (use_pose: "
+                             f"{cfg.use_pose}, refine: {cfg.refine}, encoder: {getattr(cfg, 'encoder', 'global')}); "
+                             "give the views their cameras, or use a model trained without them.")
+        return x.to(device, non_blocking=True) if device is not None else x
     kw = dict(images=to('images'))
     if cfg.use_pose:
         kw['poses'] = to('poses')
