@@ -27,7 +27,7 @@ from .config import ConfigError, DataError, Sparse3DError, atomic_write, cli_err
 from .config import md_table, median_time      # the project's one table writer and one timer
 from .geometry import cell_centers
 from .data import Batch, MultiViewDataset, make_loader, packed_dir, pose_features, POSE_DIM
-from .model import VAEGAN, ring_cameras, forward_time, flops_per_sample
+from .model import VAEGAN, _ring_cameras, forward_time, flops_per_sample
 from .preprocess import PreprocessSettings, preprocess_category, resize_frames, split_and_pack
 from .synthetic import render_dataset
 from .train import TrainState, Generative, optimizers, train_step, seed_everything, resolve_device
@@ -170,7 +170,7 @@ def reference_batch(batch_size=8, num_views=4, image_size=128, cube_len=32, seed
     """A batch as `make_loader(MultiViewDataset(...))` gives it: a ball seen by a ring of `num_views` cameras, random
     texture"""
     B, V, S = batch_size, num_views, image_size
-    cams = ring_cameras(V, S)
+    cams = _ring_cameras(V, S)
     rep = lambda x: x.expand(B, *x.shape[1:]).clone()
     masks = rep(cams['masks'])
     g = torch.Generator().manual_seed(seed)
@@ -561,6 +561,64 @@ def fmt_num(x) -> str:
     return f"{x:,.0f}" if a >= 100 else f"{x:.1f}" if a >= 10 else f"{x:.2f}" if a >= 1 else f"{x:.3g}"
 
 # %% ../nbs/11_benchmarks.ipynb #ef0b3af2
+def _prep_rows(prow, frames, ram) -> list:
+    "Rows of the machine table for preprocessing every frame and for the packed arrays, from the last pipeline row"
+    prep = prow[-1]['preprocess']
+    rows = [('preprocess every frame', fmt_duration(frames / prep['frames_per_s']),
+             f"at the measured {prep['frames_per_s']:.1f} frames/s ({prep['workers']} "
+             f"worker{'s' if prep['workers'] != 1 else ''}, "
+             f"synthetic frames of {prow[-1]['render']['image_size']} px): a lower bound, CO3D frames are "
+             f"larger")]
+    S = prep['image_size']
+    size = frames * S * S * 4
+    rows.append(('packed arrays', fmt_bytes(size), f"{S} px RGB + mask per frame; "
+                 + ('fits in RAM: the page cache keeps it after the first epoch' if ram and size < 0.7 * ram
+                    else 'more than this machine can cache: the loader reads from disk every epoch')))
+    return rows
+
+def _epoch_rows(tr, s, n_train, n_val, epochs) -> list:
+    "Rows of the machine table for one training epoch (validation included) and for `epochs` of them"
+    val_ms = s.get('inference_ms_batched') or s.get('inference_ms') or 0
+    epoch = n_train / tr['samples_per_s'] + n_val * val_ms / 1e3
+    rows = [('one training epoch', fmt_duration(epoch),
+             f"{n_train:,} samples at {tr['samples_per_s']:.2f} samples/s + validation of {n_val} objects at "
+             f"{val_ms:.0f} ms")]
+    return rows + [(f'{e} epoch{"s" if e > 1 else ""}', fmt_duration(e * epoch), 'on this machine')
+                   for e in epochs if e > 1]
+
+def _gpu_section(per_sample, g1, ld, n_train, epochs, gpu_tflops, gpu_efficiency, n_gpus, gpu_scaling) -> list:
+    "The GPU paragraph and table: compute-bound samples/s of `g1` per GPU scaled to each of `n_gpus`"
+    head = (f"**With GPUs** (*assumed, not measured*: {gpu_tflops:g} TFLOP/s fp32 per GPU at {gpu_efficiency:.0%} "
+            f"efficiency, "
+            f"{gpu_scaling:.0%} scaling efficiency per doubling of GPUs under torchrun; {per_sample / 1e9:.1f} "
+            f"GFLOP per training "
+            f"sample as counted above):\n")
+    grows = []
+    for k in n_gpus:
+        sps = g1 * k * gpu_scaling ** math.log2(k)
+        need = sps / ld['samples_per_s'] if ld else None
+        grows.append((k, f"{sps:,.0f}", fmt_duration(n_train / sps), fmt_duration(max(epochs) * n_train / sps),
+                      '-' if need is None else f"{math.ceil(need)}"))
+    return [head, md_table(['GPUs', 'samples/s (compute)', 'epoch', f'{max(epochs)} epochs',
+                            'loader processes to keep up'], grows)]
+
+def _loader_limits(ld, tr, g1, cores, n_gpus, gpu_scaling) -> list:
+    "Sentences on whether training compute or data loading limits, here and with GPUs"
+    here = ld['samples_per_s'] * cores
+    first = [f"The loader draws {fmt_num(ld['samples_per_s'])} samples/s in one process ({ld['workers']} "
+             f"workers); with this machine's "
+             f"{cores} cores at most ~{fmt_num(here)} samples/s, against {fmt_num(tr['samples_per_s'])} "
+             f"samples/s of training: "
+             + ("training compute is the limit here." if here > tr['samples_per_s']
+                else "the loader is the limit here.")]
+    k_max = next((k for k in n_gpus if g1 * k * gpu_scaling ** math.log2(k) > here), None)
+    first.append("With GPUs, compute stops being the limit and data loading becomes it "
+                 + (f"from {k_max} GPU{'s' if k_max > 1 else ''} on if the loader has only {cores} cores "
+                    if k_max else f"only beyond {max(n_gpus)} GPUs with {cores} cores ")
+                 + f"(one GPU needs {math.ceil(g1 / ld['samples_per_s'])} loader "
+                   f"process{'es' if math.ceil(g1 / ld['samples_per_s']) > 1 else ''} at the measured rate).")
+    return first
+
 def paper_estimate(measured: dict, n_sequences=1470, frames_per_sequence=100, epochs=(1, 10, 100), train_frac=0.8,
                    val_frac=0.1,
                    gpu_tflops=19.5, gpu_efficiency=0.3, n_gpus=(1, 4, 8), gpu_scaling=0.9) -> str:
@@ -574,60 +632,14 @@ def paper_estimate(measured: dict, n_sequences=1470, frames_per_sequence=100, ep
     cores, ram = measured['machine'].get('cores') or 1, measured['machine'].get('ram_bytes')
     out = [f"CO3D chairs: {n_sequences:,} sequences x ~{frames_per_sequence} frames = {frames:,} frames; "
            f"{n_train:,} training and {n_val:,} validation sequences ({train_frac:.0%} / {val_frac:.0%}).\n"]
-    rows = []
-    if prep:
-        t = frames / prep['frames_per_s']
-        rows.append(('preprocess every frame', fmt_duration(t),
-                     f"at the measured {prep['frames_per_s']:.1f} frames/s ({prep['workers']} "
-                     f"worker{'s' if prep['workers'] != 1 else ''}, "
-                     f"synthetic frames of {prow[-1]['render']['image_size']} px): a lower bound, CO3D frames are "
-                     f"larger"))
-        S = prep['image_size']
-        size = frames * S * S * 4
-        rows.append(('packed arrays', fmt_bytes(size), f"{S} px RGB + mask per frame; "
-                     + ('fits in RAM: the page cache keeps it after the first epoch' if ram and size < 0.7 * ram
-                        else 'more than this machine can cache: the loader reads from disk every epoch')))
-    if tr:
-        val_ms = s.get('inference_ms_batched') or s.get('inference_ms') or 0
-        epoch = n_train / tr['samples_per_s'] + n_val * val_ms / 1e3
-        rows.append(('one training epoch', fmt_duration(epoch),
-                     f"{n_train:,} samples at {tr['samples_per_s']:.2f} samples/s + validation of {n_val} objects at "
-                     f"{val_ms:.0f} ms"))
-        rows += [(f'{e} epoch{"s" if e > 1 else ""}', fmt_duration(e * epoch),
-                  'on this machine') for e in epochs if e > 1]
+    rows = (_prep_rows(prow, frames, ram) if prep else []) + (_epoch_rows(tr, s, n_train, n_val, epochs) if tr else [])
     out.append("**This machine** (from the measured rates):\n\n" + md_table(['what', 'time', 'how'], rows))
     if not tr: return '\n'.join(out)
     per_sample = tr['flops_per_step'] / tr['batch_size']
     ld = _loader_row(measured)
     g1 = gpu_tflops * 1e12 * gpu_efficiency / per_sample
-    out.append(f"**With GPUs** (*assumed, not measured*: {gpu_tflops:g} TFLOP/s fp32 per GPU at {gpu_efficiency:.0%} "
-               f"efficiency, "
-               f"{gpu_scaling:.0%} scaling efficiency per doubling of GPUs under torchrun; {per_sample / 1e9:.1f} "
-               f"GFLOP per training "
-               f"sample as counted above):\n")
-    grows = []
-    for k in n_gpus:
-        sps = g1 * k * gpu_scaling ** math.log2(k)
-        need = sps / ld['samples_per_s'] if ld else None
-        grows.append((k, f"{sps:,.0f}", fmt_duration(n_train / sps), fmt_duration(max(epochs) * n_train / sps),
-                      '-' if need is None else f"{math.ceil(need)}"))
-    out.append(md_table(['GPUs', 'samples/s (compute)', 'epoch', f'{max(epochs)} epochs',
-                         'loader processes to keep up'], grows))
-    first = []
-    if ld:
-        here = ld['samples_per_s'] * cores
-        first.append(f"The loader draws {fmt_num(ld['samples_per_s'])} samples/s in one process ({ld['workers']} "
-                     f"workers); with this machine's "
-                     f"{cores} cores at most ~{fmt_num(here)} samples/s, against {fmt_num(tr['samples_per_s'])} "
-                     f"samples/s of training: "
-                     + ("training compute is the limit here." if here > tr['samples_per_s']
-                        else "the loader is the limit here."))
-        k_max = next((k for k in n_gpus if g1 * k * gpu_scaling ** math.log2(k) > here), None)
-        first.append("With GPUs, compute stops being the limit and data loading becomes it "
-                     + (f"from {k_max} GPU{'s' if k_max > 1 else ''} on if the loader has only {cores} cores "
-                        if k_max else f"only beyond {max(n_gpus)} GPUs with {cores} cores ")
-                     + f"(one GPU needs {math.ceil(g1 / ld['samples_per_s'])} loader "
-                       f"process{'es' if math.ceil(g1 / ld['samples_per_s']) > 1 else ''} at the measured rate).")
+    out += _gpu_section(per_sample, g1, ld, n_train, epochs, gpu_tflops, gpu_efficiency, n_gpus, gpu_scaling)
+    first = _loader_limits(ld, tr, g1, cores, n_gpus, gpu_scaling) if ld else []
     if prep:
         first.append(f"Preprocessing is a one-off cost of at least {fmt_duration(frames / prep['frames_per_s'])} here; "
                      f"it is parallel by "

@@ -24,7 +24,7 @@ import sparse3d
 from .config import Config, ConfigError, DataError, Sparse3DError, atomic_path, atomic_write, cli_errors, quoted
 from .binvox import write_binvox
 from .co3d import load_json
-from .data import POSE_DIM, VIEW_EXTENT, MultiViewDataset, collate, packed_dir
+from .data import POSE_DIM, SAMPLE_SHAPES, VIEW_EXTENT, Batch, MultiViewDataset, Sample, collate, packed_dir
 from .model import VAEGAN, model_inputs
 from .train import checkpoint_config, load_checkpoint, load_model_weights, resolve_device, seed_everything
 from .metrics import AlmostEmptyWarning, check_occupancy, evaluate_object, grid_mesh, mean_metrics
@@ -335,11 +335,16 @@ def _run_processed(req: EvalRequest, model) -> dict:
     return dict(data=data, views=views, main_views=main, means=means, rows=rows, warnings=notes, mean_shape=ms,
                 baseline_settings=base.settings() if base is not None else None, figures=figures, example=example)
 
-def _photo_forward(model, batch):
+def _first_photos(sample: Sample, v: int) -> Batch:
+    "A batch of one: the first `v` photos of `sample` (a `photo_sample`), without its `extra`"
+    cut = lambda x: None if x is None else x[:v]
+    return collate([replace(sample, **{n: cut(getattr(sample, n)) for n in SAMPLE_SHAPES if n != 'voxels'}, extra={})])
+
+def _photo_forward(model, batch: Batch):
     "The model's output for a batch of photos; a refining model without cameras runs without carving"
-    if model.refiner is None or 'K' in batch: return model(**model_inputs(batch, model.cfg, model.device))
+    if model.refiner is None or batch.K is not None: return model(**model_inputs(batch, model.cfg, model.device))
     refiner, model.refiner = model.refiner, None
-    try: return model(**{k: batch[k].to(model.device) for k in ('images', 'poses')})
+    try: return model(images=batch.images.to(model.device), poses=batch.poses.to(model.device))
     finally: model.refiner = refiner
 
 def _predict_photos(req: EvalRequest, model, sample, views, notes) -> tuple:
@@ -349,12 +354,11 @@ def _predict_photos(req: EvalRequest, model, sample, views, notes) -> tuple:
     preds, grids = [], {}
     for v in views:
         with torch.inference_mode():
-            batch = {k: x[None, :v] for k, x in sample.items() if torch.is_tensor(x)}
-            o = _photo_forward(model, batch)
+            o = _photo_forward(model, _first_photos(sample, v))
         p = torch.sigmoid(o.logits.float())[0].cpu().numpy()
         paths = save_prediction(p, out/'predictions'/f'{v}_views'/oid, req.threshold, extent)
         occ = p >= req.threshold
-        preds.append(dict(id=oid, num_views=v, views=' '.join(sample['names'][:v]), threshold=req.threshold,
+        preds.append(dict(id=oid, num_views=v, views=' '.join(sample.extra['names'][:v]), threshold=req.threshold,
                           pred_occupancy=float(occ.mean()), n_occupied=int(occ.sum()), empty_pred=not occ.any(),
                           **{k: (str(q.relative_to(out)) if q is not None else '') for k, q in paths.items()}))
         msg = check_occupancy(p, req.threshold, None, warn=False)
@@ -364,13 +368,13 @@ def _predict_photos(req: EvalRequest, model, sample, views, notes) -> tuple:
                                           'empty_pred', 'binvox', 'ply', 'obj'))
     return preds, grids
 
-def _photo_inputs(sample) -> list:
+def _photo_inputs(sample: Sample) -> list:
     "What `metrics.json` records of each photo: name, size, crop box, whether posed, and the crop's camera"
     cam = lambda c: dict(K=c.K.tolist(), R=c.R.tolist(), t=c.t.tolist(), image_size=list(c.image_size))
     return [dict(name=v['name'], size=list(v['size']), crop_box=list(v['box']), pose=v['camera'] is not None,
                  camera=cam(v['camera']) if v['camera'] is not None and v['intrinsics'] else None,
                  camera_source=v.get('camera_source', 'none'))
-            for v in sample['views']]
+            for v in sample.extra['photos']]
 
 def _run_photos(req: EvalRequest, model) -> dict:
     "Predict from a folder of photos: the result's fields, rows and figures"
@@ -390,17 +394,17 @@ def _run_photos(req: EvalRequest, model) -> dict:
     n_posed = sum(p.pose is not None for p in photos[:views[-1]])
     notes = [] if cfg.use_pose or not n_posed else [
         f"{folder}: the photos' poses are not used: this model was trained without poses (use_pose: false)."]
-    notes += sample['notes']
+    notes += sample.extra['notes']
     preds, grids = _predict_photos(req, model, sample, views, notes)
     R0 = photo_rotation(sample, cfg)                       # upright, as the 3D view
     pics = dict(zip(views, picture_grids([grids[v] for v in views], R0, req.threshold)))
-    fig = plot_photo_views(sample['images'], {f'prediction, {v} view{"s" if v > 1 else ""}': pics[v] for v in views},
-                           req.threshold, names=sample['names'])
+    fig = plot_photo_views(sample.images, {f'prediction, {v} view{"s" if v > 1 else ""}': pics[v] for v in views},
+                           req.threshold, names=sample.extra['names'])
     write_snapshot(req.output_dir, grids[main], None, req.threshold, R0)
     used = 'used' if cfg.use_pose else ('given but not used (the model takes none)' if n_posed else 'none')
-    cameras = dict(zip(sample['names'], sample['camera_sources']))
+    cameras = dict(zip(sample.extra['names'], sample.extra['camera_sources']))
     return dict(data=dict(folder=str(folder), n_photos=len(photos), poses=used, cameras=cameras,
-                          carving=sample['K'] is not None and (model.refiner is not None or model.lifted is not None)),
+                          carving=sample.K is not None and (model.refiner is not None or model.lifted is not None)),
                 views=views, main_views=main, means={},
                 predictions=preds, inputs=_photo_inputs(sample), rows=preds, warnings=notes,
                 figures=dict(photos=fig_to_uri(fig, dpi=100)), example=None)

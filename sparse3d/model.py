@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['CAMERA_KEYS', 'LIFT_TAPS', 'ViewEncoder', 'PoseEncoder', 'fuse', 'reparameterize', 'MultiViewEncoder', 'Generator',
            'Discriminator', 'pose_frame', 'decode_in_frame', 'OneDNNConv3d', 'HullRefiner', 'target_cameras',
-           'camera_votes', 'ring_cameras', 'refine_logits', 'ray_geometry', 'lift_views', 'fuse_views', 'LiftedDecoder',
-           'VAEOutput', 'is_lifted', 'encode_decode', 'VAEGAN', 'model_inputs', 'subsample_views', 'build_model',
-           'param_counts', 'flops_per_sample', 'forward_time']
+           'camera_votes', 'refine_logits', 'ray_geometry', 'lift_views', 'fuse_views', 'LiftedDecoder', 'VAEOutput',
+           'is_lifted', 'encode_decode', 'VAEGAN', 'model_inputs', 'subsample_views', 'build_model', 'param_counts',
+           'flops_per_sample', 'forward_time']
 
 # %% ../nbs/06_model.ipynb #e8d6cb3c
 import math
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, flop_registry, register_flop_formula
 
 from .config import Config, ConfigError, median_time
+from .data import Batch, Sample, collate
 from .geometry import (VIEW_EXTENT, look_at, relative_pose_features, silhouette_votes, view0_cameras,
                                view_to_world)
 from .geometry import cell_centers, project_points, sample_views
@@ -264,9 +265,10 @@ def camera_votes(cameras, cfg: Config):
     masks, K, R, t, extent = target_cameras(cameras, cfg.voxel_frame)
     return silhouette_votes(masks, K, R, t, cfg.cube_len, extent)
 
-def ring_cameras(V=6, S=64, radius=0.3, elevation=0.5):
+def _ring_cameras(V=6, S=64, radius=0.3, elevation=0.5):
     """Masks `[1, V, 1, S, S]` of a ball of `radius` and the cameras of `V` views around it, batched as
-    `MultiViewDataset` gives them"""
+    `MultiViewDataset` gives them: the default input of `flops_per_sample` and `forward_time` (tests and examples
+    take it as a `Batch` from `sparse3d.testing.ring_batch`)"""
     cams = [look_at([2 * math.cos(a), elevation, 2 * math.sin(a)], [0, 0, 0], image_size=(S, S))
             for a in np.linspace(0, 2 * np.pi, V, endpoint=False)]
     K, R, t = (torch.tensor(np.stack([getattr(c, k) for c in cams]), dtype=torch.float32)[None] for k in 'KRt')
@@ -459,10 +461,17 @@ class VAEGAN(nn.Module):
                 combine: Optional[str] = None) -> VAEOutput:
         return encode_decode(self, images, poses, cameras, self.training if sample is None else sample, combine)[0]
 
-def model_inputs(batch: dict, cfg: Config, device=None) -> dict:
-    """Keyword arguments of `VAEGAN.forward` from a (batched) sample of `MultiViewDataset`: images, and the poses and
-    cameras the model uses"""
-    to = lambda k: batch[k].to(device, non_blocking=True) if device is not None else batch[k]
+def model_inputs(batch: Batch, cfg: Config, device=None) -> dict:
+    """Keyword arguments of `VAEGAN.forward` from a `Batch` (a `Sample` counts as a batch of one, a mapping with the
+    same keys works too): images, and the poses and cameras the model uses, on `device`"""
+    if isinstance(batch, Sample): batch = collate([batch])
+    def to(name):
+        x = getattr(batch, name) if isinstance(batch, Batch) else batch.get(name)
+        if x is None:
+            raise ValueError(f"model_inputs: the batch has no {name}, which this model needs (use_pose: "
+                             f"{cfg.use_pose}, refine: {cfg.refine}, encoder: {getattr(cfg, 'encoder', 'global')}); "
+                             "give the views their cameras, or use a model trained without them.")
+        return x.to(device, non_blocking=True) if device is not None else x
     kw = dict(images=to('images'))
     if cfg.use_pose:
         kw['poses'] = to('poses')
@@ -511,7 +520,7 @@ def flops_per_sample(model: VAEGAN, num_views: int = 4, image_size: int = 128, p
         d['refiner'] = _flops(model.refiner, torch.zeros(1, D, D, D, device=dev), torch.rand(1, 2, D, D, D, device=dev))
     if getattr(model, 'lifted', None) is not None:
         (mu, _), maps = model.encoder(imgs, poses, taps=model.lifted.taps)
-        cams = {k: v.to(dev) for k, v in ring_cameras(num_views, image_size).items()}
+        cams = {k: v.to(dev) for k, v in _ring_cameras(num_views, image_size).items()}
         d['lifted'] = _flops(model.lifted, maps, torch.zeros(1, D, D, D, device=dev), mu, cams)
     d['discriminator'] = _flops(model.discriminator, torch.rand(1, D, D, D, device=dev))
     d['inference'] = d['encoder'] + d['generator'] + d.get('refiner', 0) + d.get('lifted', 0)
@@ -528,7 +537,7 @@ def forward_time(model: VAEGAN, batch: int = 1, num_views: int = 4, image_size: 
     dev = model.device
     imgs = torch.rand(batch, num_views, 3, image_size, image_size, device=dev)
     poses = torch.randn(batch, num_views, pose_dim, device=dev)
-    cams = {k: v.expand(batch, *v.shape[1:]).to(dev) for k, v in ring_cameras(num_views, image_size).items()}
+    cams = {k: v.expand(batch, *v.shape[1:]).to(dev) for k, v in _ring_cameras(num_views, image_size).items()}
     sync = torch.cuda.synchronize if dev.type == 'cuda' else None
     try: return median_time(lambda: model(imgs, poses, cams), reps, warmup, sync) * 1e3 / batch
     finally: model.train(was)

@@ -17,6 +17,7 @@ import torch
 from scipy import ndimage
 
 from .config import DataError, quoted
+from .data import Sample
 from .co3d import checked_viewpoint, load_image, load_json, load_mask, viewpoint_to_camera
 from .geometry import Camera, pose_features, visual_hull
 from .preprocess import MIN_MASK_PIXELS, crop_resize, mask_box
@@ -111,9 +112,10 @@ def load_photo(photo: Photo, image_size=224, crop_margin=0.1, apply_mask=True, m
         out.update(camera=cam.crop(box).resize(S), intrinsics=has_k)
     return out
 
-def photo_sample(photos, image_size=224, crop_margin=0.1, apply_mask=True, poses=False, mask_threshold=0.5) -> dict:
-    """The `Photo`s as one sample like `MultiViewDataset`'s: images, masks, poses, cameras (None unless `poses` and
-    every camera is known), views, each camera's source and the notes on the masks and cameras"""
+def photo_sample(photos, image_size=224, crop_margin=0.1, apply_mask=True, poses=False, mask_threshold=0.5) -> Sample:
+    """The `Photo`s as one `Sample`: images, masks, poses (None unless `poses`), cameras K, R, t (None unless `poses`
+    and every camera is known), no voxels, id the folder's name, and `extra` with the photos' `names`, `photos` (each
+    photo's `load_photo` record and `camera_source`), `camera_sources` and `notes` (on the masks and cameras)"""
     notes, sils, fills = [], [], []
     for p in photos:
         s, filled, n = judge_mask(load_mask(p.mask), mask_threshold, p.mask)
@@ -136,8 +138,9 @@ def photo_sample(photos, image_size=224, crop_margin=0.1, apply_mask=True, poses
     known = pf is not None and all(v['intrinsics'] for v in views)
     stack = lambda k: torch.tensor(np.stack([getattr(v['camera'], k) for v in views]), dtype=torch.float32)
     cams = {k: stack(k) if known else None for k in ('K', 'R', 't')}
-    return dict(images=torch.stack([v['image'] for v in views]), masks=torch.stack([v['mask'] for v in views]),
-                poses=pf, **cams, names=[v['name'] for v in views], views=views, camera_sources=sources, notes=notes)
+    return Sample(images=torch.stack([v['image'] for v in views]), masks=torch.stack([v['mask'] for v in views]),
+                  poses=pf, **cams, id=Path(photos[0].image).parent.name,
+                  extra=dict(names=[v['name'] for v in views], photos=views, camera_sources=sources, notes=notes))
 
 # %% ../nbs/09c_photos.ipynb #53abce51
 OUTLINE_FILL = (0.25, 0.6)   # a mask covering less than the first of its hole-filled self is an outline, not a

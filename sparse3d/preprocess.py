@@ -611,6 +611,39 @@ def _first_pass(cat, frames, st):
         else: kept[f.frame_number] = r
     return kept, dropped
 
+def _sequence_points(cat: Co3dCategory, seq) -> tuple:
+    "`(xyz, ply path)` of the point cloud of sequence `seq`; a `DataError` when it has too few points to voxelise"
+    xyz, _, _ = cat.load_pointcloud(seq)
+    ply = cat.path(seq.annotation.point_cloud_path)
+    if len(xyz) < 50: raise DataError(f"{quoted(ply)}: only {len(xyz)} points; too few to voxelise.")
+    return xyz, ply
+
+def _write_frames(cat, frames, masks, norm, st, tinst, tproc, proc_name, dropped) -> list:
+    """The records of the `frames` that have `masks`, each cropped and written into `tinst` with its pose in
+    `tproc/poses`; a frame that fails joins `dropped` with its reason"""
+    records = []
+    for f in frames:
+        if f.frame_number not in masks: continue
+        box, msk, _ = masks[f.frame_number]
+        r = _process_frame(cat, f, box, msk, norm, st, tinst)
+        if isinstance(r, str): dropped.append(dict(frame_number=f.frame_number, reason=r))
+        else:
+            _write_file(tproc/'poses'/f'frame{f.frame_number:06d}_pose.json', json.dumps(r.pop('_pose')).encode())
+            r['pose'] = f"../{proc_name}/poses/frame{f.frame_number:06d}_pose.json"
+            records.append(r)
+    return records
+
+def _sequence_meta(input_dir, category, sequence, seq, st, grid, norm, cleaning, records, dropped) -> dict:
+    "The `sequence_meta.json` of a processed sequence: source, settings, normalisation, cleaning, voxels and frames"
+    return dict(sequence_name=sequence, category=category, preprocess_version=PREPROCESS_VERSION,
+                source=dict(root=str(Path(input_dir).resolve()), point_cloud=seq.annotation.point_cloud_path,
+                            n_frames_annotated=len(seq.frames), meta=seq.annotation.meta),
+                settings=asdict(st), normalization=dict(center=norm['center'], scale=norm['scale'], frame='world'),
+                point_cloud=dict(n_points=norm['n_points'], n_inliers=norm['n_inliers']), cleaning=cleaning,
+                voxels=dict(path='seq.binvox', cube_len=st.cube_len, fill=st.fill, occupancy=float(grid.mean()),
+                            n_occupied=int(grid.sum())),
+                frames=records, dropped=dropped, versions=_versions())
+
 def preprocess_sequence(input_dir, output_dir, category, sequence, settings: PreprocessSettings = None,
                         cat: Co3dCategory = None) -> dict:
     """Process one CO3D sequence into the reference layout; returns its `sequence_meta` (raises `DataError` if unusable,
@@ -621,9 +654,7 @@ def preprocess_sequence(input_dir, output_dir, category, sequence, settings: Pre
         raise DataError(f"{quoted(Path(input_dir) / category)}: no sequence {quoted(sequence)} in the annotations.")
     seq = cat[sequence]
     proc, inst = seq_dirs(output_dir, category, sequence)     # refuses a name that would lead out of the output folder
-    xyz, _, _ = cat.load_pointcloud(seq)
-    ply = cat.path(seq.annotation.point_cloud_path)
-    if len(xyz) < 50: raise DataError(f"{quoted(ply)}: only {len(xyz)} points; too few to voxelise.")
+    xyz, ply = _sequence_points(cat, seq)
     frames = _even(seq.frames, st.max_frames)
     masks, dropped = _first_pass(cat, frames, st)
     if not masks:
@@ -634,16 +665,7 @@ def preprocess_sequence(input_dir, output_dir, category, sequence, settings: Pre
     # committed innermost first: the crops (inst), then the folder of the meta, the completion marker, last
     with atomic_dir(proc, proc.with_name(proc.name + tag)) as tproc, \
          atomic_dir(inst, inst.with_name(inst.name + tag)) as tinst:
-        records = []
-        for f in frames:
-            if f.frame_number not in masks: continue
-            box, msk, _ = masks[f.frame_number]
-            r = _process_frame(cat, f, box, msk, norm, st, tinst)
-            if isinstance(r, str): dropped.append(dict(frame_number=f.frame_number, reason=r))
-            else:
-                _write_file(tproc/'poses'/f'frame{f.frame_number:06d}_pose.json', json.dumps(r.pop('_pose')).encode())
-                r['pose'] = f"../{proc.name}/poses/frame{f.frame_number:06d}_pose.json"
-                records.append(r)
+        records = _write_frames(cat, frames, masks, norm, st, tinst, tproc, proc.name, dropped)
         if not records:
             raise DataError(
                 f"{quoted(Path(input_dir) / category / sequence)}: no usable frame ({len(dropped)} dropped, e.g. "
@@ -652,14 +674,7 @@ def preprocess_sequence(input_dir, output_dir, category, sequence, settings: Pre
         dropped.sort(key=lambda d: d['frame_number'])
         corner = tuple(np.asarray(norm['center']) - norm['scale'] / 2)
         write_binvox(tinst/'seq.binvox', grid, translate=corner, scale=norm['scale'])
-        meta = dict(sequence_name=sequence, category=category, preprocess_version=PREPROCESS_VERSION,
-                    source=dict(root=str(Path(input_dir).resolve()), point_cloud=seq.annotation.point_cloud_path,
-                                n_frames_annotated=len(seq.frames), meta=seq.annotation.meta),
-                    settings=asdict(st), normalization=dict(center=norm['center'], scale=norm['scale'], frame='world'),
-                    point_cloud=dict(n_points=norm['n_points'], n_inliers=norm['n_inliers']), cleaning=cleaning,
-                    voxels=dict(path='seq.binvox', cube_len=st.cube_len, fill=st.fill, occupancy=float(grid.mean()),
-                                n_occupied=int(grid.sum())),
-                    frames=records, dropped=dropped, versions=_versions())
+        meta = _sequence_meta(input_dir, category, sequence, seq, st, grid, norm, cleaning, records, dropped)
         # every write done before the old outputs go (a full disk keeps them); the crops reach the disk before the
         # folders are renamed in (one sync a sequence instead of one per file)
         os.sync()

@@ -125,7 +125,7 @@ def first_rotation(ds, s) -> np.ndarray:
 
 def photo_rotation(sample, cfg) -> Optional[np.ndarray]:
     "The rotation `to_picture` needs for a photo folder's `sample` (`photo_sample`): None without poses (camera axes)"
-    cams = [v['camera'] for v in sample['views']]
+    cams = [p['camera'] for p in sample.extra['photos']]
     if not cfg.use_pose or any(c is None for c in cams): return None
     return grid_rotation([c.R for c in cams], [c.t for c in cams], 0, cfg.voxel_frame)
 

@@ -352,15 +352,16 @@ def _datasets(cfg: Config, input_dir, category):
     return train, val
 
 # %% ../nbs/08_train.ipynb #891c47b9
-def fit(cfg: Config, input_dir, output_dir=None, resume=False, start_epoch=None, callbacks=(), category='chair',
-        progress=True, max_skipped=5) -> TrainState:
-    "Train a `VAEGAN` as `cfg` says on the processed root `input_dir`; checkpoints and metrics in `output_dir`"
-    out = Path(output_dir) if output_dir else None
-    ckdir = out/'checkpoints' if out else None
-    if out and not (resume or start_epoch) and (ckdir/'latest.pt').exists():
+def _check_run_dir(out, resume, start_epoch):
+    "Refuse to start a new run over one in `out`, and to resume without `out`"
+    if out and not (resume or start_epoch) and (out/'checkpoints'/'latest.pt').exists():
         raise ConfigError(f"{quoted(out)}: already holds a run (checkpoints/latest.pt). Pass --resume to continue it, "
                           "--start_epoch N to restart from epoch_N.pt, or choose a new --output_dir.")
     if (resume or start_epoch) and not out: raise ConfigError("resuming needs the output_dir of the run.")
+
+def _start_state(cfg: Config, input_dir, category, out, resume, start_epoch) -> tuple:
+    """`(state, train_ds, val_ds, gen, critic)`: the datasets, the model and its optimisers on this process's device,
+    restored from `latest.pt` (`resume`) or `epoch_<start_epoch>.pt`"""
     rank, ws, dev = dist_setup(cfg.device)
     seed_everything(cfg.seed)
     train_ds, val_ds = _datasets(cfg, input_dir, category)
@@ -371,32 +372,46 @@ def fit(cfg: Config, input_dir, output_dir=None, resume=False, start_epoch=None,
     state = TrainState(cfg, model, dev, out, cfg.n_epochs, 0, rank=rank, world_size=ws, opt_eg=opt_eg, opt_d=opt_d,
                        scaler=torch.amp.GradScaler('cuda', enabled=dev.type == 'cuda'))
     if resume or start_epoch:
-        path = ckdir/('latest.pt' if resume else f'epoch_{start_epoch}.pt')
+        path = out/'checkpoints'/('latest.pt' if resume else f'epoch_{start_epoch}.pt')
         _restore(state, load_checkpoint(path), path)
-    if ws > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        ids = [dev.index] if dev.type == 'cuda' else None
-        gen, critic = DDP(gen, device_ids=ids), DDP(critic, device_ids=ids)
-    sampler = None
-    if ws > 1:
+    return state, train_ds, val_ds, gen, critic
+
+def _distributed(gen, critic, dev) -> tuple:
+    "`gen` and `critic` wrapped in `DistributedDataParallel` (on `dev`'s GPU, or the CPU)"
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    ids = [dev.index] if dev.type == 'cuda' else None
+    return DDP(gen, device_ids=ids), DDP(critic, device_ids=ids)
+
+def _data_loaders(state: TrainState, train_ds, val_ds) -> tuple:
+    """`(loader, val_loader, sampler)`: shuffled training batches (this process's share when distributed) and
+    validation batches; `state` learns its steps per epoch and its fixed validation sample"""
+    cfg, sampler = state.cfg, None
+    if state.world_size > 1:
         from torch.utils.data.distributed import DistributedSampler
-        sampler = DistributedSampler(train_ds, ws, rank, shuffle=True, seed=cfg.seed, drop_last=True)
+        sampler = DistributedSampler(train_ds, state.world_size, state.rank, shuffle=True, seed=cfg.seed,
+                                     drop_last=True)
     loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, seed=cfg.seed, sampler=sampler,
-                         drop_last=len(train_ds) >= 2 * cfg.batch_size, device=dev)
-    val_loader = make_loader(val_ds, cfg.batch_size, shuffle=False, workers=0, device=dev)
+                         drop_last=len(train_ds) >= 2 * cfg.batch_size, device=state.device)
+    val_loader = make_loader(val_ds, cfg.batch_size, shuffle=False, workers=0, device=state.device)
     state.steps_per_epoch = len(loader)
     if len(val_ds): state.val_sample = collate([val_ds[0]])
-    if out and state.is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True); ckdir.mkdir(exist_ok=True)
-            for tmp in ckdir.glob('.*.tmp'): tmp.unlink()      # half-written checkpoints of a killed run
-            save_config(cfg, out/'config.yaml')
-            _write_metrics(out, state.history)
-        except OSError as e:
-            raise OutputError(f"{quoted(out)}: cannot write the run's folder ({e.strerror or e}). "
-                              "Choose another --output_dir, "
-                              "or free space / fix permissions.") from None
-    _call(callbacks, 'before_fit', state)
+    return loader, val_loader, sampler
+
+def _prepare_output(state: TrainState, out):
+    "The run's folder: `checkpoints/` (half-written checkpoints of a killed run removed), config.yaml, metrics.jsonl"
+    ckdir = out/'checkpoints'
+    try:
+        out.mkdir(parents=True, exist_ok=True); ckdir.mkdir(exist_ok=True)
+        for tmp in ckdir.glob('.*.tmp'): tmp.unlink()
+        save_config(state.cfg, out/'config.yaml')
+        _write_metrics(out, state.history)
+    except OSError as e:
+        raise OutputError(f"{quoted(out)}: cannot write the run's folder ({e.strerror or e}). "
+                          "Choose another --output_dir, "
+                          "or free space / fix permissions.") from None
+
+def _train_epochs(state: TrainState, loader, sampler, gen, critic, val_loader, callbacks, progress, max_skipped):
+    "Run epochs until `n_epochs` or a callback stops; out of memory becomes a `Sparse3DError` that says what to lower"
     try:
         while state.epoch < state.n_epochs and not state.stop:
             _run_epoch(state, loader, sampler, gen, critic, val_loader, callbacks, progress, max_skipped)
@@ -404,10 +419,22 @@ def fit(cfg: Config, input_dir, output_dir=None, resume=False, start_epoch=None,
     except Exception as e:
         if _is_oom(e):
             raise Sparse3DError(f"out of memory at epoch {state.epoch + 1}: "
-                                + OOM_HELP.format(**asdict(cfg))) from None
+                                + OOM_HELP.format(**asdict(state.cfg))) from None
         raise
     finally:
-        if ws > 1 and dist.is_initialized(): _broadcast_buffers(model); dist.barrier()
+        if state.world_size > 1 and dist.is_initialized(): _broadcast_buffers(state.model); dist.barrier()
+
+def fit(cfg: Config, input_dir, output_dir=None, resume=False, start_epoch=None, callbacks=(), category='chair',
+        progress=True, max_skipped=5) -> TrainState:
+    "Train a `VAEGAN` as `cfg` says on the processed root `input_dir`; checkpoints and metrics in `output_dir`"
+    out = Path(output_dir) if output_dir else None
+    _check_run_dir(out, resume, start_epoch)
+    state, train_ds, val_ds, gen, critic = _start_state(cfg, input_dir, category, out, resume, start_epoch)
+    if state.world_size > 1: gen, critic = _distributed(gen, critic, state.device)
+    loader, val_loader, sampler = _data_loaders(state, train_ds, val_ds)
+    if out and state.is_main: _prepare_output(state, out)
+    _call(callbacks, 'before_fit', state)
+    _train_epochs(state, loader, sampler, gen, critic, val_loader, callbacks, progress, max_skipped)
     _call(callbacks, 'after_fit', state)
     return state
 
