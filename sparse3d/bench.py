@@ -8,11 +8,12 @@ __all__ = ['GIB', 'TTQ_MINUTES', 'load_average', 'machine_info', 'matmul_gflops'
            'profile_ops', 'train_benchmark', 'inference_benchmark', 'render_benchmark', 'preprocess_benchmark',
            'loader_benchmark', 'pipeline_benchmark', 'parse_runs', 'run_dir_of', 'time_to_quality', 'quality_at',
            'minutes_to', 'plot_time_to_quality', 'evaluate_quality', 'quality_benchmark', 'target_status', 'summary',
-           'target_rows', 'fmt_duration', 'fmt_num', 'paper_estimate', 'benchmarks_markdown', 'BenchPlan', 'bench_plan',
-           'check_run', 'check_bench_args', 'run_benchmarks', 'write_benchmarks', 'bench_command', 'bench_cli']
+           'encoder_speeds', 'target_rows', 'fmt_duration', 'fmt_num', 'paper_estimate', 'benchmarks_markdown',
+           'BenchPlan', 'bench_plan', 'check_run', 'check_bench_args', 'speed_shapes', 'speed_benchmark',
+           'run_benchmarks', 'write_benchmarks', 'bench_command', 'bench_cli']
 
 # %% ../nbs/11_benchmarks.ipynb #70c4b3e4
-import json, math, os, platform, shlex, subprocess, sys, tempfile, time, warnings
+import contextlib, json, math, os, platform, shlex, subprocess, sys, tempfile, time, warnings
 from dataclasses import dataclass, asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -206,35 +207,45 @@ def profile_ops(f, row_limit=15) -> dict:
                                   share=round(e.self_cpu_time_total / total, 4), calls=int(e.count)) for e in top])
 
 # %% ../nbs/11_benchmarks.ipynb #777f757b
+@contextlib.contextmanager
+def _every_view(on=True):
+    "Within the block, `train_step` keeps all views of a batch (no random subset for the lifted model) when `on`"
+    import sparse3d.train as train_module
+    keep = train_module.subsample_views
+    if on: train_module.subsample_views = lambda inputs, generator=None: inputs
+    try: yield
+    finally: train_module.subsample_views = keep
+
 def train_benchmark(batch_size=8, num_views=4, image_size=128, cube_len=32, repeats=5, warmup=1, profile=True,
-                    device='cpu', seed=0) -> dict:
-    """Time the real `train_step` at a shape: step seconds (median), samples/s, FLOPs per step, achieved GFLOP/s, and a
-    profile"""
+                    device='cpu', seed=0, encoder='global', all_views=True) -> dict:
+    """Time the real `train_step` of the `encoder` model at a shape: step seconds (median), samples/s, ms per object,
+    FLOPs per step, achieved GFLOP/s, and a profile (each step with all views if `all_views`)"""
     from torch.utils.flop_counter import FlopCounterMode
     cfg = load_config(None, batch_size=batch_size, num_views=num_views, image_size=image_size, cube_len=cube_len,
-                      device=str(device))
+                      device=str(device), encoder=encoder)
     seed_everything(seed)
     state, gen, critic = make_train_state(cfg, device)
     batch = reference_batch(batch_size, num_views, image_size, cube_len, seed)
     skipped = []
     def step(): skipped.append(train_step(state, batch, gen, critic) is None)
-    with FlopCounterMode(display=False) as fc: step()
-    flops = fc.get_total_flops()
-    t = median_time(step, repeats, warmup, _sync_for(device))
-    res = dict(batch_size=batch_size, num_views=num_views, image_size=image_size, cube_len=cube_len, device=str(device),
-               repeats=repeats, step_s=t, samples_per_s=batch_size / t, flops_per_step=int(flops),
-               gflops=flops / t / 1e9,
-               skipped_steps=int(sum(skipped)), parameters=sum(p.numel() for p in state.model.parameters()))
-    if profile: res.update(profile_ops(step))
-    return res
+    with _every_view(all_views):
+        with FlopCounterMode(display=False) as fc: step()
+        flops = fc.get_total_flops()
+        t = median_time(step, repeats, warmup, _sync_for(device))
+        prof = profile_ops(step) if profile else {}
+    return dict(encoder=encoder, all_views=all_views, batch_size=batch_size, num_views=num_views,
+                image_size=image_size, cube_len=cube_len, device=str(device), repeats=repeats, step_s=t,
+                samples_per_s=batch_size / t, ms_per_object=t * 1e3 / batch_size, flops_per_step=int(flops),
+                gflops=flops / t / 1e9, skipped_steps=int(sum(skipped)),
+                parameters=sum(p.numel() for p in state.model.parameters()), **prof)
 
 # %% ../nbs/11_benchmarks.ipynb #3b87636d
 def inference_benchmark(views=(1, 4, 8), batches=(1, 8), image_size=128, cube_len=32, repeats=10, warmup=3,
-                        device='cpu') -> dict:
-    """Median ms per object of an inference forward for each view count and batch size, with FLOPs per object and
-    achieved GFLOP/s"""
+                        device='cpu', encoder='global') -> dict:
+    """Median ms per object of an inference forward of the `encoder` model for each view count and batch size, with
+    FLOPs per object and achieved GFLOP/s"""
     dev = torch.device(device)
-    cfg = load_config(None, image_size=image_size, cube_len=cube_len, device=str(device))
+    cfg = load_config(None, image_size=image_size, cube_len=cube_len, device=str(device), encoder=encoder)
     model = VAEGAN(cfg, POSE_DIM).to(dev).eval()
     if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats(dev)
     rows = []
@@ -244,7 +255,8 @@ def inference_benchmark(views=(1, 4, 8), batches=(1, 8), image_size=128, cube_le
             ms = forward_time(model, b, v, image_size, reps=repeats, warmup=warmup)
             rows.append(dict(num_views=v, batch=b, ms_per_object=ms, flops_per_object=int(fl),
                              gflops=fl / (ms / 1e3) / 1e9))
-    res = dict(image_size=image_size, cube_len=cube_len, device=str(device), repeats=repeats, rows=rows)
+    res = dict(encoder=encoder, image_size=image_size, cube_len=cube_len, device=str(device), repeats=repeats,
+               rows=rows)
     if dev.type == 'cuda': res['cuda_peak_bytes'] = int(torch.cuda.max_memory_allocated(dev))
     return res
 
@@ -506,8 +518,47 @@ def summary(results) -> dict:
             s['pose_gain'] = float(np.mean([a[v]['iou'] - b[v]['iou'] for v in common])) if common else None
     return s
 
+# %% ../nbs/11_benchmarks.ipynb #4cab6b5e
+def _speed_entries(results) -> list:
+    "`results['speed']`, or for older results the one entry of their `train` and `inference`"
+    if results.get('speed'): return results['speed']
+    if not (results.get('train') or results.get('inference')): return []
+    return [dict(encoder='global', shape='bench', train=results.get('train'), inference=results.get('inference'))]
+
+def encoder_speeds(results) -> list:
+    """One row per encoder and shape measured: `encoder`, `shape` ('bench' or 'reference'), its size, training
+    samples/s, ms per object, fraction of the reference and peak RSS, inference ms per object (1 object, batched)"""
+    ref = (results.get('reference') or {}).get('gflops')
+    rows = []
+    for e in _speed_entries(results):
+        t, i = e.get('train') or {}, e.get('inference') or {}
+        V = t.get('num_views') or 4
+        inf = sorted((r for r in i.get('rows') or [] if r['num_views'] == V), key=lambda r: r['batch'])
+        one = next((r for r in inf if r['batch'] == 1), None)
+        many = inf[-1] if inf and inf[-1]['batch'] > 1 else None
+        rows.append(dict(encoder=e['encoder'], shape=e['shape'], batch_size=t.get('batch_size'), num_views=V,
+                         image_size=t.get('image_size') or i.get('image_size'),
+                         cube_len=t.get('cube_len') or i.get('cube_len'),
+                         train_samples_per_s=t.get('samples_per_s'),
+                         train_ms_per_object=t['step_s'] * 1e3 / t['batch_size'] if t else None,
+                         train_fraction=fraction_of_reference(t['flops_per_step'], t['step_s'], ref) if t and ref
+                         else None, train_rss=t.get('peak_rss'), infer_ms=one and one['ms_per_object'],
+                         infer_batch=many and many['batch'], infer_ms_batched=many and many['ms_per_object']))
+    return rows
+
 # %% ../nbs/11_benchmarks.ipynb #2eabe650
 GIB = 2 ** 30
+
+def _lifted_target_rows(results) -> list:
+    "The lifted encoder's speed targets: training >= 40% of matmul, inference at 4 views 128 px <= 35 ms per object"
+    row = next((r for r in encoder_speeds(results) if r['encoder'] == 'lifted' and r['shape'] == 'bench'), {})
+    f, ms = row.get('train_fraction'), row.get('infer_ms')
+    shape = (row.get('num_views'), row.get('image_size'))
+    at = '' if not row or shape == (4, 128) else f" (at {shape[0]} views, {shape[1]} px)"
+    return [('training speed, lifted encoder', '>= 40% of matmul throughput', None if f is None else f"{f:.0%}",
+             target_status(None if f is None else 100 * f, 40, unit=' points', digits=3)),
+            ('inference, lifted encoder, 4 views 128 px, 1 object', '<= 35 ms per object',
+             None if ms is None else f"{ms:.1f} ms{at}", target_status(ms, 35, higher=False, unit=' ms', digits=3))]
 
 def target_rows(results) -> list:
     "`[(target, goal, measured, status)]` of every target of the issue, from the results of a run"
@@ -529,6 +580,7 @@ def target_rows(results) -> list:
             ('training memory (peak RSS)', '< 3 GiB', fmt_bytes(s['train_rss']) if s.get('train_rss') else None,
              target_status(None if s.get('train_rss') is None else s['train_rss'] / GIB, 3, higher=False, unit=' GiB',
                            digits=2))]
+    rows += _lifted_target_rows(results)
     gap = s.get('model_minus_hull', {})
     for v in (1, 2, 4):
         status = 'not measured' if v not in gap else 'met' if gap[v] > 0 else f"missed by {-gap[v]:.3f} IoU"
@@ -677,20 +729,25 @@ def _machine_md(r) -> str:
                 "where the cores stay shared, `--threads 1` shows what one core does.\n")
     return md_table(['', ''], rows) + note
 
+def _shape_md(e) -> str:
+    "The shape of an `encoder_speeds` row: 'batch 8, 4 x 128 px, 32^3'"
+    return f"batch {e['batch_size']}, {e['num_views']} x {e['image_size']} px, {e['cube_len']}^3"
+
 def _headline_md(r, s) -> str:
     ref, rows = s.get('reference_gflops'), []
-    if s.get('train_samples_per_s') is not None:
-        t = r['train']
-        rows.append((f"training, {t['num_views']} views {t['image_size']} px, {t['cube_len']}^3, batch "
-                     f"{t['batch_size']}",
-                     f"{t['samples_per_s']:.2f} samples/s", f"{s['train_fraction']:.0%} of matmul"))
-    if s.get('inference_ms') is not None:
-        rows.append((f"inference, 4 views {s['inference_image_size']} px, 1 object",
-                     f"{s['inference_ms']:.1f} ms/object",
-                     f"{_at100(s['inference_ms'], ref, time=True)} ms at 100 GFLOP/s"))
-    if s.get('inference_ms_batched') is not None:
-        rows.append(('inference, batches of 8', f"{s['inference_ms_batched']:.1f} ms/object",
-                     f"{_at100(s['inference_ms_batched'], ref, time=True)} ms at 100 GFLOP/s"))
+    for e in (e for e in encoder_speeds(r) if e['shape'] == 'bench'):      # each encoder at the benchmark's shape
+        if e['train_samples_per_s'] is not None:
+            rows.append((f"training, {e['encoder']} encoder, {e['num_views']} views {e['image_size']} px, "
+                         f"{e['cube_len']}^3, batch {e['batch_size']}", f"{e['train_samples_per_s']:.2f} samples/s",
+                         '-' if e['train_fraction'] is None else f"{e['train_fraction']:.0%} of matmul"))
+        if e['infer_ms'] is not None:
+            rows.append((f"inference, {e['encoder']} encoder, {e['num_views']} views {e['image_size']} px, 1 object",
+                         f"{e['infer_ms']:.1f} ms/object",
+                         f"{_at100(e['infer_ms'], ref, time=True)} ms at 100 GFLOP/s"))
+        if e['infer_ms_batched'] is not None:
+            rows.append((f"inference, {e['encoder']} encoder, batches of {e['infer_batch']}",
+                         f"{e['infer_ms_batched']:.1f} ms/object",
+                         f"{_at100(e['infer_ms_batched'], ref, time=True)} ms at 100 GFLOP/s"))
     if s.get('loader_samples_per_s') is not None:
         rows.append((f"data loader ({s['loader_workers']} workers)", f"{fmt_num(s['loader_samples_per_s'])} samples/s",
                      f"{s['loader_multiple']:.0f}x training" if s.get('loader_multiple') else '-'))
@@ -717,21 +774,48 @@ def _train_md(r, s) -> str:
              f"{fmt_bytes(t.get('peak_rss'))} (the whole process; Python + torch alone: "
              f"{fmt_bytes(r.get('baseline_rss'))})"),
             ('skipped (non-finite) steps', t['skipped_steps'])]
-    return md_table(['', ''], rows)
+    return md_table(['', ''], rows) + _encoders_train_md(r, s)
+
+def _encoders_train_md(r, s) -> str:
+    "The table of training speed of every encoder and shape measured"
+    ref, speeds = s.get('reference_gflops'), [e for e in encoder_speeds(r) if e['train_samples_per_s'] is not None]
+    if not speeds: return ''
+    train = {(e['encoder'], e['shape']): e['train'] for e in _speed_entries(r)}
+    rows = []
+    for e in speeds:
+        t = train[e['encoder'], e['shape']]
+        rows.append((e['encoder'], _shape_md(e), f"{t['step_s']:.3f}", f"{e['train_samples_per_s']:.2f}",
+                     f"{e['train_ms_per_object']:.0f}", _at100(e['train_samples_per_s'], ref),
+                     f"{t['flops_per_step'] / 1e9:.1f}", f"{t['gflops']:.1f}",
+                     '-' if e['train_fraction'] is None else f"{e['train_fraction']:.0%}", fmt_bytes(e['train_rss'])))
+    lifted = any(e['encoder'] == 'lifted' for e in speeds)
+    return ("\nEvery encoder at the benchmark's shape and at the reference configuration's, each in its own process, "
+            "median of the same repeats"
+            + (" (the lifted model trains on a random number of its views; here every step has all of them, its "
+               "costliest step)" if lifted else '') + ":\n\n"
+            + md_table(['encoder', 'shape', 'step s', 'samples/s', 'ms/object', 'samples/s at 100 GFLOP/s',
+                        'GFLOP/step', 'GFLOP/s', 'of matmul', 'peak RSS'], rows))
 
 def _inference_md(r, s) -> str:
-    i, ref = r.get('inference'), s.get('reference_gflops')
-    if not i: return 'Not measured.\n'
-    rows = [(x['num_views'], x['batch'], f"{x['ms_per_object']:.1f}", _at100(x['ms_per_object'], ref, time=True),
-             f"{x['flops_per_object'] / 1e9:.2f}", f"{x['gflops']:.1f}",
-                 f"{x['gflops'] / ref:.0%}" if ref else '-') for x in i['rows']]
-    mem = f"Peak RSS of the inference process: {fmt_bytes(i.get('peak_rss'))}"
-    if i.get('cuda_peak_bytes') is not None: mem += f"; peak CUDA memory allocated: {fmt_bytes(i['cuda_peak_bytes'])}"
-    return (f"An inference forward (encoder, generator, silhouette votes and refiner) at {i['image_size']} px, "
-            f"{i['cube_len']}^3, "
-            f"median of {i['repeats']}, `sparse3d.model.forward_time`.\n\n"
-            + md_table(['views', 'batch', 'ms/object', 'ms at 100 GFLOP/s', 'GFLOP/object', 'GFLOP/s', 'of matmul'],
-                       rows) + '\n' + mem + '.\n')
+    ref = s.get('reference_gflops')
+    measured = [e for e in _speed_entries(r) if e.get('inference')]
+    if not measured: return 'Not measured.\n'
+    rows, mem = [], []
+    for e in measured:
+        i = e['inference']
+        rows += [(e['encoder'], i['image_size'], x['num_views'], x['batch'], f"{x['ms_per_object']:.1f}",
+                  _at100(x['ms_per_object'], ref, time=True), f"{x['flops_per_object'] / 1e9:.2f}",
+                  f"{x['gflops']:.1f}",
+                  f"{x['gflops'] / ref:.0%}" if ref else '-') for x in i['rows']]
+        m = f"{e['encoder']} at {i['image_size']} px {fmt_bytes(i.get('peak_rss'))}"
+        if i.get('cuda_peak_bytes') is not None: m += f" (peak CUDA memory allocated {fmt_bytes(i['cuda_peak_bytes'])})"
+        mem.append(m)
+    i = measured[0]['inference']
+    return (f"An inference forward (encoder, generator, then the silhouette votes and refiner of the global model or "
+            f"the lifted decoder) at a {i['cube_len']}^3 grid, median of {i['repeats']}, "
+            f"`sparse3d.model.forward_time`.\n\n"
+            + md_table(['encoder', 'px', 'views', 'batch', 'ms/object', 'ms at 100 GFLOP/s', 'GFLOP/object', 'GFLOP/s',
+                        'of matmul'], rows) + '\nPeak RSS of each inference process: ' + '; '.join(mem) + '.\n')
 
 def _growth(a, b) -> str:
     return '-' if not a or not b else f"{b / a:.2f}x"
@@ -866,6 +950,10 @@ class BenchPlan:
     infer_batches: tuple = (1, 8)
     infer_repeats: int = 10
     infer_warmup: int = 3
+    encoders: tuple = ('global', 'lifted')   # speed of each, at the shape above and at the reference configuration's:
+    ref_batch_size: int = 6                  # Config(): batches of 6 objects,
+    ref_image_size: int = 224                # num_views views of 224 px
+    ref_infer_batches: tuple = (1, 6)
     sizes: tuple = (16, 64)             # sequences in the synthetic datasets (memory at two sizes)
     frames: int = 24
     render_size: int = 128
@@ -883,10 +971,13 @@ def bench_plan(quick=False, **overrides) -> BenchPlan:
     p = BenchPlan()
     if quick: p = replace(p, matmul_repeats=3, train_repeats=2, infer_repeats=2, infer_warmup=1, sizes=(4, 8), frames=6,
                           render_size=64, workers=1, loader_workers=(0,), loader_samples=64, max_objects=8,
-                          timeout=1200)
+                          ref_infer_batches=(1,), timeout=1200)
     bad = set(overrides) - {f for f in BenchPlan.__dataclass_fields__}
     if bad: raise ConfigError(f"unknown benchmark plan field(s): {', '.join(sorted(bad))}")
-    return replace(p, **overrides)
+    p = replace(p, **overrides)
+    if not p.encoders or not set(p.encoders) <= {'global', 'lifted'}:
+        raise ConfigError(f"benchmark plan: encoders must be some of 'global' and 'lifted', got {quoted(p.encoders)}")
+    return p
 
 # %% ../nbs/11_benchmarks.ipynb #ec72253a
 def check_run(label, path, test_dir, views='1,2,4,8', split='test', category='chair'):
@@ -932,6 +1023,33 @@ def check_bench_args(output=None, runs=None, test_dir=None, threads=None, views=
     return parsed
 
 # %% ../nbs/11_benchmarks.ipynb #38216523
+def speed_shapes(plan: BenchPlan) -> list:
+    """`[(name, shape, inference views, inference batches)]`: the benchmark's shape ('bench') and the reference
+    configuration's ('reference')"""
+    common = dict(num_views=plan.num_views, cube_len=plan.cube_len)
+    return [('bench', dict(batch_size=plan.batch_size, image_size=plan.image_size, **common), plan.infer_views,
+             plan.infer_batches),
+            ('reference', dict(batch_size=plan.ref_batch_size, image_size=plan.ref_image_size, **common),
+             (plan.num_views,), plan.ref_infer_batches)]
+
+def speed_benchmark(plan: BenchPlan, threads=None, device='cpu', log=None) -> list:
+    """Training and inference speed of each of `plan.encoders` at each of `speed_shapes(plan)`, each in its own
+    process: `[{encoder, shape, train, inference}]`, the first encoder at the benchmark's shape first (profiled)"""
+    log = log or (lambda *a: None)
+    kw = dict(threads=threads, timeout=plan.timeout)
+    out = []
+    for name, shape, views, batches in speed_shapes(plan):
+        for enc in plan.encoders:
+            log(f"training, encoder {enc}, at {shape}")
+            tr = run_child('train_benchmark', **kw, **shape, repeats=plan.train_repeats, warmup=plan.train_warmup,
+                           device=device, encoder=enc, profile=not out)
+            log(f"inference, encoder {enc}, at {shape['image_size']} px, views {views}, batches {batches}")
+            inf = run_child('inference_benchmark', **kw, views=views, batches=batches, image_size=shape['image_size'],
+                            cube_len=shape['cube_len'], repeats=plan.infer_repeats, warmup=plan.infer_warmup,
+                            device=device, encoder=enc)
+            out.append(dict(encoder=enc, shape=name, train=tr, inference=inf))
+    return out
+
 def run_benchmarks(quick=False, runs=None, test_dir=None, threads=None, device='cpu', work_dir=None, command=None,
                    log=None,
                    plan: Optional[BenchPlan] = None) -> dict:
@@ -952,15 +1070,8 @@ def run_benchmarks(quick=False, runs=None, test_dir=None, threads=None, device='
     start = matmul_gflops(plan.matmul_n, plan.matmul_repeats, device=dev)
     kw = dict(threads=res['threads'], timeout=plan.timeout)
     res['baseline_rss'] = run_child('_idle', **kw)['peak_rss']
-    shape = dict(batch_size=plan.batch_size, num_views=plan.num_views, image_size=plan.image_size,
-                 cube_len=plan.cube_len)
-    say(f"training at {shape}")
-    res['train'] = run_child('train_benchmark', **kw, **shape, repeats=plan.train_repeats, warmup=plan.train_warmup,
-                             device=dev)
-    say(f"inference at {plan.image_size} px, views {plan.infer_views}, batches {plan.infer_batches}")
-    res['inference'] = run_child('inference_benchmark', **kw, views=plan.infer_views, batches=plan.infer_batches,
-                                 image_size=plan.image_size, cube_len=plan.cube_len, repeats=plan.infer_repeats,
-                                 warmup=plan.infer_warmup, device=dev)
+    res['speed'] = speed_benchmark(plan, res['threads'], dev, say)
+    res['train'], res['inference'] = res['speed'][0]['train'], res['speed'][0]['inference']
     with tempfile.TemporaryDirectory(prefix='sparse3d_bench_', dir=work_dir) as wd:
         res['pipeline'] = pipeline_benchmark(wd, plan.sizes, plan.frames, plan.render_size, plan.image_size,
                                              plan.cube_len, plan.workers, plan.loader_workers, plan.num_views,
@@ -992,6 +1103,14 @@ def bench_command(**flags) -> str:
     return ' '.join(parts)
 
 # %% ../nbs/11_benchmarks.ipynb #b31006da
+def _lifted_line(results) -> str:
+    "'lifted encoder: training 35% of matmul, inference 30.1 ms/object, ' for the command's last line, if measured"
+    e = next((e for e in encoder_speeds(results) if e['encoder'] == 'lifted' and e['shape'] == 'bench'), None)
+    if e is None: return ''
+    f = e['train_fraction']
+    return (f"lifted encoder: training {fmt_num(None if f is None else 100 * f)}% of matmul, inference "
+            f"{fmt_num(e['infer_ms'])} ms/object, ")
+
 @call_parse
 def bench_cli(output:str='BENCHMARKS.md', # the markdown file to write (atomically)
               quick:store_true=False, # few repeats and tiny datasets: a few minutes, rough numbers
@@ -1016,5 +1135,5 @@ def bench_cli(output:str='BENCHMARKS.md', # the markdown file to write (atomical
         print(f"{out}: training {fmt_num(s.get('train_samples_per_s'))} samples/s "
               f"({fmt_num(100 * (s.get('train_fraction') or 0))}% of "
               f"{fmt_num(s['reference_gflops'])} GFLOP/s matmul), inference {fmt_num(s.get('inference_ms'))} ms/object "
-              f"at 4 views, "
+              f"at 4 views, {_lifted_line(res)}"
               f"loader {fmt_num(s.get('loader_multiple'))}x training; took {fmt_duration(res['seconds'])}")

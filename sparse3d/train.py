@@ -72,7 +72,7 @@ def set_rng_state(d: dict):
 
 # %% ../nbs/08_train.ipynb #1a6b39b4
 CHECKPOINT_FORMAT = 1
-ARCH_KEYS = ('z_size', 'cube_len', 'use_pose', 'encoder')
+ARCH_KEYS = ('z_size', 'cube_len', 'use_pose', 'encoder', 'lift_variance')
 REQUIRED_KEYS = ('format', 'model', 'config', 'epoch', 'step', 'history', 'pose_dim')
 
 def save_checkpoint(path, ckpt: dict) -> Path:
