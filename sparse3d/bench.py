@@ -450,7 +450,7 @@ def _interval(a, b, groups, n_boot, seed) -> dict:
 
 def _by_views(rows) -> dict:
     views = sorted({int(r['num_views']) for r in rows})
-    return {str(v): [r for r in rows if int(r['num_views']) == v] for v in views}
+    return {v: [r for r in rows if int(r['num_views']) == v] for v in views}
 
 def score_table(rows, metrics=METRICS, n_boot=2000, seed=0) -> dict:
     """`{view count: {metric: interval}}` of one method's per-object rows: the mean over objects and draws with its
@@ -654,8 +654,8 @@ def quality_targets(q) -> list:
               if 'lifted' in by_run and 'visual_hull' in by_run['lifted']}
     for ts, hull in lifted.items():
         for v, goal in LIFTED_GOALS.get(test_set_kind(ts), {}).items():
-            if str(v) not in hull: continue                    # a view count this run did not measure
-            iv = hull[str(v)]['iou']
+            if v not in hull: continue                    # a view count this run did not measure
+            iv = hull[v]['iou']
             rows.append((f"lifted, {ts}: beats the tuned visual hull, {_views_name(v)}",
                          'IoU difference, 95% interval above 0' if goal is None else f">= +{goal:.2f} IoU (mean)",
                          fmt_interval(iv, signed=True), _beats(iv, goal)))
@@ -960,7 +960,7 @@ def _frame_tables(q, ts, frame, metric) -> str:
     scores, base = q['scores'][ts], q['baselines'][ts].get(frame, {})
     labels = [k for k, e in q['runs'].items() if e['frame'] == frame and k in scores]
     views = sorted({int(v) for k in labels for v in scores[k]['model']})
-    cells = lambda table: [fmt_interval(table.get(str(v), {}).get(metric)) for v in views]
+    cells = lambda table: [fmt_interval(table.get(v, {}).get(metric)) for v in views]
     rows = [(k, *cells(scores[k]['model'])) for k in labels]
     rows += [(f"*{METHOD_NAMES[m]}*", *cells(base[m])) for m in BASELINES if m in base]
     return md_table([f"{METRIC_NAMES[metric]}, {frame} frame", *map(_views_name, views)], rows)
@@ -970,7 +970,7 @@ def _difference_table(q, ts, frame) -> str:
     diffs = q['differences'][ts]
     labels = [k for k, e in q['runs'].items() if e['frame'] == frame and k in diffs]
     views = sorted({int(v) for k in labels for t in diffs[k].values() for v in t})
-    rows = [(k, METHOD_NAMES[m], *[fmt_interval(diffs[k][m].get(str(v), {}).get('iou'), signed=True) for v in views])
+    rows = [(k, METHOD_NAMES[m], *[fmt_interval(diffs[k][m].get(v, {}).get('iou'), signed=True) for v in views])
             for k in labels for m in BASELINES if m in diffs[k]]
     return md_table(['run', 'minus', *map(_views_name, views)], rows)
 
@@ -979,7 +979,7 @@ def _all_metrics_table(q, ts, frame, view) -> str:
     scores, base = q['scores'][ts], q['baselines'][ts].get(frame, {})
     tables = {k: scores[k]['model'] for k, e in q['runs'].items() if e['frame'] == frame and k in scores}
     tables.update({f"*{METHOD_NAMES[m]}*": base[m] for m in BASELINES if m in base})
-    rows = [(k, *[fmt_interval(t.get(str(view), {}).get(m)) for m in METRICS]) for k, t in tables.items()]
+    rows = [(k, *[fmt_interval(t.get(view, {}).get(m)) for m in METRICS]) for k, t in tables.items()]
     return md_table([f"{_views_name(view)}, {frame} frame", *[METRIC_NAMES[m] for m in METRICS]], rows)
 
 def _test_set_md(q, ts) -> str:
@@ -1017,9 +1017,9 @@ def _pose_md(q) -> str:
     kind = lambda e: f"{'poses' if e['use_pose'] else 'no poses'}, {'refiner' if e['refine'] else 'no refiner'}"
     for ts, diffs in pa['differences'].items():
         views = sorted({int(v) for k in pa['runs'] for v in q['scores'][ts].get(k, {}).get('model', {})})
-        rows = [(k, kind(runs[k]), *[fmt_interval(q['scores'][ts].get(k, {}).get('model', {}).get(str(v), {})
+        rows = [(k, kind(runs[k]), *[fmt_interval(q['scores'][ts].get(k, {}).get('model', {}).get(v, {})
                                                   .get('iou')) if k == ref else
-                                     fmt_interval(diffs.get(k, {}).get(str(v), {}).get('iou'), signed=True)
+                                     fmt_interval(diffs.get(k, {}).get(v, {}).get('iou'), signed=True)
                                      for v in views]) for k in pa['runs']]
         out.append(f"{ts}: IoU of `{ref}`, and each other run's paired difference against it.\n\n"
                    + md_table(['run (view frame)', 'model', *map(_views_name, views)], rows))
@@ -1028,9 +1028,9 @@ def _pose_md(q) -> str:
 def _encoders_md(q, views=(2, 4, 8)) -> str:
     out = []
     for ts, scores in q['scores'].items():
-        rows = [(k, e['encoder'], e['frame'], *[fmt_interval(scores[k]['model'].get(str(v), {}).get('iou'))
+        rows = [(k, e['encoder'], e['frame'], *[fmt_interval(scores[k]['model'].get(v, {}).get('iou'))
                                                 for v in views],
-                 fmt_interval(q['differences'][ts][k].get('visual_hull', {}).get('4', {}).get('iou'), signed=True))
+                 fmt_interval(q['differences'][ts][k].get('visual_hull', {}).get(4, {}).get('iou'), signed=True))
                 for k, e in q['runs'].items() if k in scores]
         out.append(f"{ts}:\n\n" + md_table(['run', 'encoder', 'frame', *[f"IoU, {_views_name(v)}" for v in views],
                                             'minus tuned hull, 4 views'], rows))
