@@ -982,10 +982,23 @@ def _all_metrics_table(q, ts, frame, view) -> str:
     rows = [(k, *[fmt_interval(t.get(view, {}).get(m)) for m in METRICS]) for k, t in tables.items()]
     return md_table([f"{_views_name(view)}, {frame} frame", *[METRIC_NAMES[m] for m in METRICS]], rows)
 
+def _settings_text(settings) -> str:
+    "The fitted baselines in words: the tuned hull per view count, the retrieval library, the mean shape's threshold"
+    hull = {v: h for v, h in (settings.get('visual_hull') or {}).items() if isinstance(h, dict) and 'margin' in h}
+    if not hull: return f"`{json.dumps(settings, default=str)}`"
+    words = [f"{_views_name(v)}: margin {h['margin']:g}, mask threshold {h['mask_threshold']:g} (validation IoU "
+             f"{h['val_iou']:.3f}{'' if h.get('tuned', True) else ', default settings'})" for v, h in hull.items()]
+    text = "the visual hull tuned on validation, " + '; '.join(words)
+    r, m = settings.get('retrieval') or {}, settings.get('mean_shape') or {}
+    if r.get('objects') is not None: text += f"; retrieval from {r['objects']} training shapes"
+    if m.get('threshold') is not None: text += f"; the mean shape of {m.get('n', '?')} at threshold {m['threshold']:g}"
+    return text + ''.join(f". {n}" for n in settings.get('notes') or []) + '.'
+
 def _test_set_md(q, ts) -> str:
     info = q['test_sets'][ts]
     out = [f"### {ts}\n",
-           f"{info['n_objects']} objects of the `{info['split']}` split of `{info['root']}`, each seen through "
+           f"{info['n_objects']} object{'s' if info['n_objects'] != 1 else ''} of the `{info['split']}` split of "
+           f"`{info['root']}`, each seen through "
            f"{info['draws']} draw{'s' if info['draws'] > 1 else ''} of views (seed {info['view_seed']} for every run "
            f"and baseline). Means over objects and draws with 95% bootstrap intervals over objects; F-scores at 1% and "
            f"2% of the cube side, Chamfer in cube sides (lower is better).\n"]
@@ -998,7 +1011,7 @@ def _test_set_md(q, ts) -> str:
                 _difference_table(q, ts, frame)]
         if views: out.append(_all_metrics_table(q, ts, frame, 4 if 4 in views else views[-1]))
         if settings: out.append(f"Baselines of the {frame} frame, fitted on `{q['train_dir']}`: "
-                                f"`{json.dumps(settings, default=str)}`\n")
+                                f"{_settings_text(settings)}\n")
     return '\n'.join(out)
 
 def _seeds_md(q) -> str:
