@@ -4,14 +4,15 @@
 
 # %% auto #0
 __all__ = ['VIEW_SEED', 'METRICS', 'BASELINES', 'METHOD_NAMES', 'METRIC_NAMES', 'LIFTED_GOALS', 'GIB', 'TTQ_MINUTES',
-           'load_average', 'machine_info', 'matmul_gflops', 'fraction_of_reference', 'scaled_speed', 'scaled_time',
-           'peak_rss', 'fmt_bytes', 'run_child', 'ball_grid', 'reference_batch', 'make_train_state', 'profile_ops',
-           'train_benchmark', 'inference_benchmark', 'render_benchmark', 'preprocess_benchmark', 'loader_benchmark',
-           'pipeline_benchmark', 'parse_runs', 'run_dir_of', 'parse_test_sets', 'time_to_quality', 'quality_at',
-           'minutes_to', 'plot_time_to_quality', 'score_table', 'difference_table', 'seed_groups', 'seed_spread',
-           'pose_ablation_runs', 'pose_ablation', 'quality_aggregates', 'evaluate_quality', 'quality_benchmark',
-           'target_status', 'test_set_kind', 'fmt_interval', 'quality_targets', 'summary', 'target_rows',
-           'fmt_duration', 'fmt_num', 'paper_estimate', 'benchmarks_markdown', 'BenchPlan', 'bench_plan', 'check_run',
+           'QUALITY_RESULTS', 'load_average', 'machine_info', 'matmul_gflops', 'fraction_of_reference', 'scaled_speed',
+           'scaled_time', 'peak_rss', 'fmt_bytes', 'run_child', 'ball_grid', 'reference_batch', 'make_train_state',
+           'profile_ops', 'train_benchmark', 'inference_benchmark', 'render_benchmark', 'preprocess_benchmark',
+           'loader_benchmark', 'pipeline_benchmark', 'parse_runs', 'run_dir_of', 'parse_test_sets', 'time_to_quality',
+           'quality_at', 'minutes_to', 'plot_time_to_quality', 'score_table', 'difference_table', 'seed_groups',
+           'seed_spread', 'pose_ablation_runs', 'pose_ablation', 'quality_aggregates', 'evaluate_quality',
+           'quality_benchmark', 'target_status', 'test_set_kind', 'fmt_interval', 'quality_targets', 'summary',
+           'target_rows', 'fmt_duration', 'fmt_num', 'paper_estimate', 'benchmarks_markdown', 'quality_caption',
+           'quality_table', 'view_frame_baselines', 'refiner_ablation', 'BenchPlan', 'bench_plan', 'check_run',
            'check_bench_args', 'run_benchmarks', 'write_benchmarks', 'bench_command', 'bench_cli']
 
 # %% ../nbs/11_benchmarks.ipynb #70c4b3e4
@@ -1134,6 +1135,69 @@ def benchmarks_markdown(results) -> str:
              "## Profile\n", _profile_md(r), "## On paper: the full CO3D chair category\n",
              paper_estimate(r) if r.get('train') else 'Not estimated: training was not measured.\n']
     return '\n'.join(parts)
+
+# %% ../nbs/11_benchmarks.ipynb #dfe440ea
+def _headline_set(q) -> Optional[str]:
+    "The test set quoted first: held-out structures when there is one, else the first"
+    sets = list(q.get('scores') or {})
+    return next((ts for ts in sets if test_set_kind(ts) == 'held-out'), sets[0] if sets else None)
+
+def _quoted_views(table) -> Optional[int]: return 4 if 4 in table else max(table, default=None)
+
+def quality_caption(results) -> str:
+    "One sentence: the first run against the tuned visual hull of its frame at 4 views, with intervals"
+    q = results.get('quality') or {}
+    ts, run = _headline_set(q), next(iter(q.get('runs') or {}), None)
+    sc = q['scores'][ts].get(run) if ts and run else None
+    v = _quoted_views(sc['model']) if sc else None
+    if v is None or 'visual_hull' not in sc: return '(No quality was measured: run `make bench`.)'
+    d = q['differences'][ts][run]['visual_hull'][v]['iou']
+    return (f"(On the {ts} test set at {_views_name(v)}, `{run}` scores {fmt_interval(sc['model'][v]['iou'])} IoU and "
+            f"the tuned visual hull {fmt_interval(sc['visual_hull'][v]['iou'])}: a paired difference of "
+            f"{fmt_interval(d, signed=True)}, 95% intervals over {d['n']} objects.)")
+
+def quality_table(results) -> str:
+    "The first run beside the baselines of its frame, IoU with intervals, on every test set"
+    q = results.get('quality') or {}
+    run = next(iter(q.get('runs') or {}), None)
+    if run is None: return '*(No quality was measured: run `make bench`.)*\n'
+    rows, views = [], sorted({v for by_run in q['scores'].values() for v in by_run.get(run, {}).get('model', {})})
+    for ts, by_run in q['scores'].items():
+        if run not in by_run: continue
+        cells = lambda t, signed=False: [fmt_interval(t.get(v, {}).get('iou'), signed=signed) for v in views]
+        rows += [(ts, run if m == 'model' else f"*{METHOD_NAMES[m]}*", *cells(by_run[run][m])) for m in by_run[run]]
+        if 'visual_hull' in by_run[run]:
+            rows.append((ts, f"{run} minus the tuned hull (paired)",
+                         *cells(q['differences'][ts][run]['visual_hull'], True)))
+    return md_table(['test set', 'method (IoU)', *map(_views_name, views)], rows)
+
+def view_frame_baselines(results) -> str:
+    "The baselines of the view frame at 4 views on the quoted test set, in words"
+    q = results.get('quality') or {}
+    ts = _headline_set(q)
+    base = (q.get('baselines') or {}).get(ts, {}).get('view') if ts else None
+    v = _quoted_views(next(iter(base.values()))) if base else None
+    if v is None: return '(no run in the view frame was measured)'
+    words = ', '.join(f"{METHOD_NAMES[m]} {fmt_interval(base[m][v]['iou'])}" for m in BASELINES if m in base)
+    return f"at {_views_name(v)} on the {ts} test set, IoU of the {words}"
+
+def refiner_ablation(results) -> str:
+    "The view-frame model with and without the refiner at 4 views, with the paired difference, in words"
+    q = results.get('quality') or {}
+    pa, ts = q.get('pose_ablation'), _headline_set(q)
+    runs = q.get('runs') or {}
+    off = next((k for k in (pa or {}).get('runs', []) if runs[k]['use_pose'] and not runs[k]['refine']), None)
+    ref = (pa or {}).get('reference')
+    if off is None or not runs[ref]['refine'] or off not in pa['differences'].get(ts, {}):
+        return '(no view-frame run without the refiner was measured)'
+    model = lambda k: q['scores'][ts][k]['model']
+    v = _quoted_views(model(ref))
+    return (f"IoU {fmt_interval(model(ref)[v]['iou'])} with the refiner and {fmt_interval(model(off)[v]['iou'])} "
+            f"without it (paired difference {fmt_interval(pa['differences'][ts][off][v]['iou'], signed=True)}), at "
+            f"{_views_name(v)} on the {ts} test set")
+
+QUALITY_RESULTS = dict(quality_caption=quality_caption, quality_table=quality_table,
+                       view_frame_baselines=view_frame_baselines, refiner_ablation=refiner_ablation)
 
 # %% ../nbs/11_benchmarks.ipynb #a2a34515
 @dataclass
