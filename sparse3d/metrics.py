@@ -6,7 +6,7 @@
 __all__ = ['THRESHOLDS', 'N_POINTS', 'TAU', 'CHAMFER_EMPTY', 'METRIC_KEYS', 'batch_iou', 'voxel_iou', 'iou_sweep',
            'ThresholdSweep', 'threshold_sweep', 'Surface', 'grid_mesh', 'local_samples', 'grid_surface',
            'surface_metrics', 'evaluate_object', 'evaluate_batch', 'mean_metrics', 'AlmostEmptyWarning',
-           'threshold_for_occupancy', 'check_occupancy']
+           'threshold_for_occupancy', 'check_occupancy', 'Interval', 'bootstrap_interval', 'paired_bootstrap']
 
 # %% ../nbs/09a_metrics.ipynb #36cb4668
 import math, warnings
@@ -344,3 +344,62 @@ def check_occupancy(prob, threshold=0.5, expected: Optional[float] = None, min_r
                       "or the IoU-best threshold of a validation sweep.")
     if warn: warnings.warn(msg, AlmostEmptyWarning, stacklevel=2)
     return msg
+
+# %% ../nbs/09a_metrics.ipynb #4ab548de
+@dataclass
+class Interval:
+    "A mean with its bootstrap interval `[lo, hi]`, from `n` independent groups (objects)"
+    mean: float
+    lo: float
+    hi: float
+    n: int
+    def as_dict(self) -> dict:
+        "The JSON-ready fields"
+        return dict(mean=self.mean, lo=self.lo, hi=self.hi, n=self.n)
+    def __str__(self): return f"{self.mean:.3f} [{self.lo:.3f}, {self.hi:.3f}]"
+
+def _group_index(groups, n) -> np.ndarray:
+    "Each row's group number `0..G-1` (first appearance order); every row its own group when `groups` is None"
+    if groups is None: return np.arange(n)
+    groups = list(groups)
+    if len(groups) != n:
+        raise ConfigError(f"groups: {len(groups)} labels for {n} values; give one group (e.g. object id) per value.")
+    index = {}
+    try: return np.array([index.setdefault(g, len(index)) for g in groups], dtype=np.int64)
+    except TypeError as e:
+        raise ConfigError(f"groups: labels must be hashable (ids, tuples), got {quoted(groups[0])}.") from e
+
+def _check_bootstrap(values, n_boot, level, name) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if not len(v): raise ConfigError(f"{name}: no values to bootstrap; give at least one.")
+    bad = np.flatnonzero(~np.isfinite(v))
+    if len(bad): raise ConfigError(f"{name}: value {bad[0]} is {quoted(float(v[bad[0]]))}; every value must be finite.")
+    if int(n_boot) < 1: raise ConfigError(f"n_boot must be >= 1, got {quoted(n_boot)}.")
+    if not 0 < level < 1: raise ConfigError(f"level must be in (0, 1), e.g. 0.95; got {quoted(level)}.")
+    return v
+
+# %% ../nbs/09a_metrics.ipynb #97ec4cf2
+def bootstrap_interval(values, groups=None, n_boot=2000, level=0.95, seed=0) -> Interval:
+    """The mean of `values` and its percentile bootstrap interval at `level`, resampling `groups` (e.g. object ids)
+    with replacement, each with all its rows (every row its own group when None)"""
+    v = _check_bootstrap(values, n_boot, level, 'values')
+    g = _group_index(groups, len(v))
+    n_groups = int(g.max()) + 1
+    sums, counts = np.bincount(g, v, n_groups), np.bincount(g, minlength=n_groups).astype(np.float64)
+    rng, means = np.random.default_rng(seed), []
+    for start in range(0, int(n_boot), 500):                           # chunks keep memory at 500 x groups
+        pick = rng.integers(0, n_groups, (min(500, int(n_boot) - start), n_groups))
+        means.append(sums[pick].sum(1) / counts[pick].sum(1))
+    lo, hi = np.quantile(np.concatenate(means), [(1 - level) / 2, (1 + level) / 2])
+    mean = float(v.mean())
+    return Interval(mean, min(float(lo), mean), max(float(hi), mean), n_groups)
+
+def paired_bootstrap(a, b, groups=None, n_boot=2000, level=0.95, seed=0) -> Interval:
+    """The mean of `a - b` over paired rows (same object, same views) and its bootstrap interval, resampling
+    `groups`"""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if len(a) != len(b):
+        raise ConfigError(f"paired_bootstrap: {len(a)} values in a but {len(b)} in b; pair every row of a with one "
+                          f"of b.")
+    _check_bootstrap(a, n_boot, level, 'a'), _check_bootstrap(b, n_boot, level, 'b')
+    return bootstrap_interval(a - b, groups, n_boot, level, seed)

@@ -65,6 +65,13 @@ def test_runs_need_test_dir(tmp_path):
                                                                '--test_dir', tmp_path))
 
 
+def test_bad_test_sets(tmp_path):
+    ck = fake_checkpoint(tmp_path/'run'/'checkpoints'/'best.pt')
+    line = one_error_line(bench('--output', tmp_path/'B.md', '--runs', f'a={ck}', '--test_dir', tmp_path,
+                                '--test_sets', 'no-label-here'))
+    assert "--test_sets: 'no-label-here' is not label=root:split" in line
+
+
 def test_output_is_a_folder(tmp_path):
     assert '--output is a folder' in one_error_line(bench('--output', tmp_path, '--quick'))
 
@@ -91,13 +98,17 @@ def test_quick_end_to_end(tmp_path):
     assert pos == sorted(pos), 'sections out of order'
     assert '--quick' in text and 'a quick run' in text
     assert '| target | goal | measured | status |' in text
-    assert '| untrained |' in text and '| *visual hull* |' in text and '| *mean shape* |' in text
+    assert '| untrained |' in text and '| *visual hull (tuned)* |' in text and '| *retrieval* |' in text
+    assert '| *mean shape* |' in text and '### test\n' in text                  # the default test set
     assert 'No trained runs were given' not in text
     assert '| untrained | 2 | 2.0 |' in text                         # time to quality from run/metrics.jsonl
     res = json.loads(js.read_text())
     assert res['quick'] and res['threads'] == 1
     assert res['train']['flops_per_step'] > 0 and res['train']['skipped_steps'] == 0
     assert [row['n_sequences'] for row in res['pipeline']['rows']] == [4, 8]
+    q = res['quality']                                               # the quick plan: one draw of views
+    assert q['test_sets']['test']['draws'] == 1 and q['test_sets']['test']['split'] == 'test'
+    assert set(q['scores']['test']['untrained']) == {'model', 'visual_hull', 'retrieval', 'mean_shape'}
     # written atomically, no leftovers
     assert sorted(p.name for p in out.parent.iterdir()) == ['BENCHMARKS.md', 'bench.json']
     assert not list(tmp_path.glob('sparse3d_bench_*')), 'temporary work folder left behind'
