@@ -1332,8 +1332,8 @@ class BenchPlan:
     loader_samples: int = 256
     loader_repeats: int = 3
     views: str = '1,2,4,8'              # quality: view counts
-    max_objects: Optional[int] = None   # quality: objects of each test set (None: all)
-    draws: int = 3                      # quality: draws of views per object (seeds 0, 1, ...)
+    max_objects: Optional[int] = 100    # quality: objects of each test set (None: all)
+    draws: int = 2                      # quality: draws of views per object (seeds 0, 1, ...)
     n_boot: int = 2000                  # quality: bootstrap resamples of the objects per interval
     timeout: int = 4 * 3600             # per benchmark process
 
