@@ -232,8 +232,8 @@ def _write_csv(path, rows, columns):
         for r in rows: w.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()})
 
 def _model_info(model_path, ck, cfg, model) -> dict:
-    keys = ('use_pose', 'voxel_frame', 'cube_len', 'image_size', 'z_size', 'combine_type', 'num_views', 'apply_mask',
-            'crop_margin', 'seed')
+    keys = ('use_pose', 'voxel_frame', 'encoder', 'refine', 'lift_variance', 'cube_len', 'image_size', 'z_size',
+            'combine_type', 'num_views', 'apply_mask', 'crop_margin', 'seed')
     return dict(path=str(model_path), epoch=int(ck['epoch']), step=int(ck['step']), val_iou_best=ck.get('best_iou'),
                 sparse3d_version=ck.get('sparse3d_version'), parameters=sum(p.numel() for p in model.parameters()),
                 config={k: getattr(cfg, k) for k in keys})

@@ -654,13 +654,7 @@ def preprocess_sequence(input_dir, output_dir, category, sequence, settings: Pre
         raise DataError(f"{quoted(Path(input_dir) / category)}: no sequence {quoted(sequence)} in the annotations.")
     seq = cat[sequence]
     proc, inst = seq_dirs(output_dir, category, sequence)     # refuses a name that would lead out of the output folder
-    xyz, ply = _sequence_points(cat, seq)
-    frames = _even(seq.frames, st.max_frames)
-    masks, dropped = _first_pass(cat, frames, st)
-    if not masks:
-        raise DataError(f"{quoted(Path(input_dir)/category/sequence)}: no usable frame ({len(dropped)} dropped, e.g. "
-                        f"{dropped[0]['reason'] if dropped else 'no frames annotated'}).")
-    grid, norm, cleaning = sequence_target(xyz, _even([m[2] for m in masks.values()], VOTE_FRAMES), st, ply)
+    frames, masks, dropped, grid, norm, cleaning = _cleaned_target(cat, seq, st)   # the same as extract_poses
     tag = f'.tmp-{uuid.uuid4().hex[:8]}'
     # committed innermost first: the crops (inst), then the folder of the meta, the completion marker, last
     with atomic_dir(proc, proc.with_name(proc.name + tag)) as tproc, \
@@ -1088,9 +1082,7 @@ def split_cli(output_dir:Param('processed root', str, required=True)=None,
 def _cleaned_target(cat, seq, st: PreprocessSettings) -> tuple:
     """`(frames, masks, dropped, grid, norm, cleaning)` of sequence `seq` of `cat` as `preprocess_sequence` makes them:
     the frames `st` keeps, their first pass over the masks (`_first_pass`), and `sequence_target` of the cloud"""
-    xyz = cat.load_pointcloud(seq)[0]
-    ply = cat.path(seq.annotation.point_cloud_path)
-    if len(xyz) < 50: raise DataError(f"{quoted(ply)}: only {len(xyz)} points; too few to voxelise.")
+    xyz, ply = _sequence_points(cat, seq)
     frames = _even(seq.frames, st.max_frames)
     masks, dropped = _first_pass(cat, frames, st)
     if not masks:
