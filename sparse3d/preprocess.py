@@ -601,6 +601,20 @@ def _process_frame(cat, f, box, msk, norm, st: PreprocessSettings, inst: Path):
     rec['camera'] = pose['normalized']
     return rec
 
+# %% ../nbs/04_preprocess.ipynb #fd95abe4
+def _cleaned_target(cat, seq, st: PreprocessSettings) -> tuple:
+    """`(frames, masks, dropped, grid, norm, cleaning)` of sequence `seq` of `cat` as `preprocess_sequence` makes them:
+    the frames `st` keeps, their first pass over the masks (`_first_pass`), and `sequence_target` of the cloud"""
+    xyz, ply = _sequence_points(cat, seq)
+    frames = _even(seq.frames, st.max_frames)
+    masks, dropped = _first_pass(cat, frames, st)
+    if not masks:
+        raise DataError(f"{quoted(cat.root/cat.category/seq.name)}: no usable frame ({len(dropped)} dropped, e.g. "
+                        f"{dropped[0]['reason'] if dropped else 'no frames annotated'}).")
+    grid, norm, cleaning = sequence_target(xyz, _even([m[2] for m in masks.values()], VOTE_FRAMES), st, ply)
+    return frames, masks, dropped, grid, norm, cleaning
+
+
 # %% ../nbs/04_preprocess.ipynb #0a77e1d9
 def _first_pass(cat, frames, st):
     "Masks of `frames`: `({frame_number: (box, mask crop, vote view)}, dropped)`"
@@ -1079,18 +1093,6 @@ def split_cli(output_dir:Param('processed root', str, required=True)=None,
     with cli_errors('sparse3d_split'): run()
 
 # %% ../nbs/04_preprocess.ipynb #1cc8ddef
-def _cleaned_target(cat, seq, st: PreprocessSettings) -> tuple:
-    """`(frames, masks, dropped, grid, norm, cleaning)` of sequence `seq` of `cat` as `preprocess_sequence` makes them:
-    the frames `st` keeps, their first pass over the masks (`_first_pass`), and `sequence_target` of the cloud"""
-    xyz, ply = _sequence_points(cat, seq)
-    frames = _even(seq.frames, st.max_frames)
-    masks, dropped = _first_pass(cat, frames, st)
-    if not masks:
-        raise DataError(f"{quoted(cat.root/cat.category/seq.name)}: no usable frame ({len(dropped)} dropped, e.g. "
-                        f"{dropped[0]['reason'] if dropped else 'no frames annotated'}).")
-    grid, norm, cleaning = sequence_target(xyz, _even([m[2] for m in masks.values()], VOTE_FRAMES), st, ply)
-    return frames, masks, dropped, grid, norm, cleaning
-
 def extract_poses(input_dir, output_dir, category, sequence, settings: PreprocessSettings = None,
                   cat: Co3dCategory = None) -> dict:
     """Write `poses/frameNNNNNN_pose.json` (`frame_pose` of the full image) of every frame `settings` keeps of
