@@ -151,26 +151,30 @@ faults-explore: setup
 	  -m "not slow" --hypothesis-profile explore
 
 # BENCHMARKS.md and BENCHMARKS.json: speed and memory on this machine, and the quality study. Every variant trains
-# with the demo's configuration on the demo's data plus the overrides below (like the demo, re-running resumes):
-# the demo's model with two more seeds, the same-frame pose ablation (grid in the first view's axes: poses with and
-# without the silhouette refiner, no poses), and the lifted encoder with and without the variance of the views.
+# with the demo's configuration (the lifted encoder) on the demo's data plus the overrides below (like the demo,
+# re-running resumes): the demo's model with two more seeds; the encoder ablation (the global encoder with and without
+# the silhouette refiner, the lifted one without the variance of the views); and the same-frame pose ablation (grid in
+# the first view's axes: lifted; global with and without the refiner; no poses).
 # They are scored on test roots never used for a design choice: more chairs of the training families
 # (in-distribution), chairs of the grammar (styles never trained on) and families under capture realism.
-BENCH_TRAIN ?= run_seed1 run_seed2 run_view run_view_norefine run_view_nopose run_lifted run_lifted_novar
+BENCH_TRAIN ?= run_seed1 run_seed2 run_global run_global_norefine run_lifted_novar run_view run_view_global \
+  run_view_norefine run_view_nopose
 BENCH_SEQUENCES ?= 120
 BENCH_TEST_SETS = in-distribution=$(DEMO)/bench/indist/processed:all;unseen styles=$(DEMO)/bench/styles/processed:all;capture=$(DEMO)/bench/capture/processed:all
-BENCH_RUNS = demo=$(DEMO)/run/checkpoints/best.pt;demo, seed 1=$(DEMO)/run_seed1/checkpoints/best.pt;demo, seed 2=$(DEMO)/run_seed2/checkpoints/best.pt;view frame, pose=$(DEMO)/run_view/checkpoints/best.pt;view frame, pose, no refiner=$(DEMO)/run_view_norefine/checkpoints/best.pt;view frame, no pose=$(DEMO)/run_view_nopose/checkpoints/best.pt;lifted=$(DEMO)/run_lifted/checkpoints/best.pt;lifted, no variance=$(DEMO)/run_lifted_novar/checkpoints/best.pt
+BENCH_RUNS = demo=$(DEMO)/run/checkpoints/best.pt;demo, seed 1=$(DEMO)/run_seed1/checkpoints/best.pt;demo, seed 2=$(DEMO)/run_seed2/checkpoints/best.pt;global, refiner=$(DEMO)/run_global/checkpoints/best.pt;global, no refiner=$(DEMO)/run_global_norefine/checkpoints/best.pt;lifted, no variance=$(DEMO)/run_lifted_novar/checkpoints/best.pt;view frame, lifted=$(DEMO)/run_view/checkpoints/best.pt;view frame, global, refiner=$(DEMO)/run_view_global/checkpoints/best.pt;view frame, global, no refiner=$(DEMO)/run_view_norefine/checkpoints/best.pt;view frame, no pose=$(DEMO)/run_view_nopose/checkpoints/best.pt
 .PHONY: bench-train bench-data
 bench-train: demo
 	@for run in $(BENCH_TRAIN); do \
 	  case $$run in \
 	    run_seed1) extra='seed: 1';; \
 	    run_seed2) extra='seed: 2';; \
+	    run_global) extra='encoder: global';; \
+	    run_global_norefine) extra=$$'encoder: global\nrefine: false';; \
+	    run_lifted_novar) extra='lift_variance: false';; \
 	    run_view) extra='voxel_frame: view';; \
-	    run_view_norefine) extra=$$'voxel_frame: view\nrefine: false';; \
-	    run_view_nopose) extra=$$'voxel_frame: view\nuse_pose: false';; \
-	    run_lifted) extra='encoder: lifted';; \
-	    run_lifted_novar) extra=$$'encoder: lifted\nlift_variance: false';; \
+	    run_view_global) extra=$$'encoder: global\nvoxel_frame: view';; \
+	    run_view_norefine) extra=$$'encoder: global\nvoxel_frame: view\nrefine: false';; \
+	    run_view_nopose) extra=$$'encoder: global\nvoxel_frame: view\nuse_pose: false';; \
 	    *) echo "BENCH_TRAIN: unknown variant $$run"; exit 2;; \
 	  esac; \
 	  { cat $(DEMO_CONFIG); printf '%s\n' "$$extra"; } > $(DEMO)/$$run.yaml; \

@@ -516,24 +516,25 @@ def seed_spread(scores: dict, labels, metrics=('iou', 'fscore')) -> dict:
     return out
 
 def pose_ablation_runs(runs: dict) -> list:
-    "Labels of the runs in the view frame: with poses and refiner, with poses only, without poses (ties as given)"
-    rank = lambda e: (not e['config'].get('use_pose', True), not e['config'].get('refine', True))
+    """Labels of the runs in the view frame, one part removed at a time: the lifted encoder, the global one with the
+    silhouette refiner, with poses but no refiner, without poses (ties as given)"""
+    rank = lambda e: (e.get('encoder', 'global') != 'lifted', not e['use_pose'], not e['refine'])
     return sorted((k for k, e in runs.items() if e['frame'] == 'view'), key=lambda k: rank(runs[k]))
 
 # %% ../nbs/11_benchmarks.ipynb #c0541b92
 def _select(rows, **where) -> list: return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
 
 def pose_ablation(rows, runs: dict, n_boot=2000, seed=0) -> Optional[dict]:
-    """The view-frame runs in ablation order and, per test set, each later run's paired difference against the first
-    (None without view-frame runs)"""
+    """The view-frame runs in ablation order and, per test set, each later run's paired difference against the run
+    before it (`against`: what removing one more part costs); None without view-frame runs"""
     labels = pose_ablation_runs(runs)
     if not labels: return None
-    diffs = {}
+    against, diffs = dict(zip(labels[1:], labels)), {}
+    model = lambda ts, k: _select(rows, test_set=ts, run=k, method='model')
     for ts in dict.fromkeys(r['test_set'] for r in rows):
-        first = _select(rows, test_set=ts, run=labels[0], method='model')
-        diffs[ts] = {k: difference_table(_select(rows, test_set=ts, run=k, method='model'), first, n_boot=n_boot,
-                                         seed=seed) for k in labels[1:] if first}
-    return dict(runs=labels, reference=labels[0], differences=diffs)
+        diffs[ts] = {k: difference_table(model(ts, k), model(ts, prev), n_boot=n_boot, seed=seed)
+                     for k, prev in against.items() if model(ts, k) and model(ts, prev)}
+    return dict(runs=labels, reference=labels[0], against=against, differences=diffs)
 
 def quality_aggregates(rows, runs: dict, n_boot=2000, seed=0) -> dict:
     """Everything the quality tables show, from plain per-object `rows` and `runs` = `{label: {'frame', 'config'}}`:
@@ -574,11 +575,15 @@ def evaluate_quality(path, test_dir, out_dir, train_dir, views='1,2,4,8', split=
                 n_objects=r['data']['n_objects'], warnings=r['warnings'], rows=rows,
                 baseline_settings=r.get('baseline_settings') if baselines else None)
 
+def _has_refiner(c) -> bool:
+    "Whether a model of config `c` has the silhouette refiner: `refine` with poses, global encoder (lifted: none)"
+    return bool(c.get('refine', True) and c['use_pose'] and c.get('encoder', 'global') == 'global')
+
 def _run_entry(path, ev) -> dict:
     "What the tables say about a run: its checkpoint and settings, and its training time from `metrics.jsonl`"
     c = ev['config']
     e = dict(path=str(path), epoch=ev['epoch'], threshold=ev['threshold'], config=c, frame=c['voxel_frame'],
-             encoder=c.get('encoder', 'global'), use_pose=c['use_pose'], refine=c.get('refine', True),
+             encoder=c.get('encoder', 'global'), use_pose=c['use_pose'], refine=_has_refiner(c),
              seed=c.get('seed'), warnings=[], time_to_quality=None, training_minutes=None)
     try: e['time_to_quality'] = time_to_quality(run_dir_of(path))
     except DataError as err: e['note'] = str(err)
@@ -655,7 +660,7 @@ def _beats(iv, goal=None) -> str:
 
 def quality_targets(q) -> list:
     """`[(target, goal, measured, status)]`: the first run beats the tuned hull on every test set and view count; the
-    lifted targets of issue 16 when a run is labelled `lifted`"""
+    lifted targets of issue 16 for the first run of the lifted encoder, if any"""
     if not q or not q.get('runs'):
         return [('quality: the first run beats the tuned visual hull', 'IoU difference, 95% interval above 0', None,
                  'not measured')]
@@ -664,13 +669,14 @@ def quality_targets(q) -> list:
         for v, d in by_run.get(first, {}).get('visual_hull', {}).items():
             rows.append((f"quality, {ts}: {first} beats the tuned visual hull, {_views_name(v)}",
                          'IoU difference, 95% interval above 0', fmt_interval(d['iou'], signed=True), _beats(d['iou'])))
-    lifted = {ts: by_run['lifted']['visual_hull'] for ts, by_run in q['differences'].items()
-              if 'lifted' in by_run and 'visual_hull' in by_run['lifted']}
+    run = next((k for k, e in q['runs'].items() if e.get('encoder') == 'lifted'), None)
+    lifted = {ts: by_run[run]['visual_hull'] for ts, by_run in q['differences'].items()
+              if run in by_run and 'visual_hull' in by_run[run]}
     for ts, hull in lifted.items():
         for v, goal in LIFTED_GOALS.get(test_set_kind(ts), {}).items():
             if v not in hull: continue                    # a view count this run did not measure
             iv = hull[v]['iou']
-            rows.append((f"lifted, {ts}: beats the tuned visual hull, {_views_name(v)}",
+            rows.append((f"lifted encoder ({run}), {ts}: beats the tuned visual hull, {_views_name(v)}",
                          'IoU difference, 95% interval above 0' if goal is None else f">= +{goal:.2f} IoU (mean)",
                          fmt_interval(iv, signed=True), _beats(iv, goal)))
     return rows
@@ -1125,16 +1131,24 @@ def _pose_md(q) -> str:
     pa = q.get('pose_ablation')
     if not pa: return 'No runs in the view frame were given.\n'
     runs, ref, out = q['runs'], pa['reference'], []
-    kind = lambda e: f"{'poses' if e['use_pose'] else 'no poses'}, {'refiner' if e['refine'] else 'no refiner'}"
+    against = pa.get('against') or {k: ref for k in pa['runs'][1:]}      # results written before `against`
     for ts, diffs in pa['differences'].items():
         views = sorted({int(v) for k in pa['runs'] for v in q['scores'][ts].get(k, {}).get('model', {})})
-        rows = [(k, kind(runs[k]), *[fmt_interval(q['scores'][ts].get(k, {}).get('model', {}).get(v, {})
-                                                  .get('iou')) if k == ref else
-                                     fmt_interval(diffs.get(k, {}).get(v, {}).get('iou'), signed=True)
-                                     for v in views]) for k in pa['runs']]
-        out.append(f"{ts}: IoU of `{ref}`, and each other run's paired difference against it.\n\n"
-                   + md_table(['run (view frame)', 'model', *map(_views_name, views)], rows))
-    return ("The view frame's runs: the target is the same for all, so only the model differs.\n\n" + '\n'.join(out))
+        iou = lambda k, v: q['scores'][ts].get(k, {}).get('model', {}).get(v, {}).get('iou')
+        rows = [(k, _model_kind(runs[k]), '' if k == ref else f"`{against[k]}`",
+                 *[fmt_interval(iou(k, v)) if k == ref else
+                   fmt_interval(diffs.get(k, {}).get(v, {}).get('iou'), signed=True) for v in views])
+                for k in pa['runs']]
+        out.append(f"{ts}: IoU of `{ref}`, then each run's paired difference against the run it is compared with.\n\n"
+                   + md_table(['run (view frame)', 'model', 'compared with', *map(_views_name, views)], rows))
+    return ("The view frame's runs, one part removed at a time: the target is the same for all, so only the model "
+            "differs.\n\n" + '\n'.join(out))
+
+def _model_kind(e) -> str:
+    "'lifted encoder, poses' / 'global encoder, poses, refiner' / 'no poses' of a run entry"
+    if not e['use_pose']: return 'global encoder, no poses'
+    if e.get('encoder') == 'lifted': return 'lifted encoder, poses'
+    return f"global encoder, poses, {'refiner' if e['refine'] else 'no refiner'}"
 
 def _encoders_md(q, views=(2, 4, 8)) -> str:
     out = []
@@ -1283,9 +1297,10 @@ def refiner_ablation(results) -> str:
     q = results.get('quality') or {}
     pa, ts = q.get('pose_ablation'), _headline_set(q)
     runs = q.get('runs') or {}
-    off = next((k for k in (pa or {}).get('runs', []) if runs[k]['use_pose'] and not runs[k]['refine']), None)
-    ref = (pa or {}).get('reference')
-    if off is None or not runs[ref]['refine'] or off not in pa['differences'].get(ts, {}):
+    is_global = lambda k: runs[k].get('encoder', 'global') == 'global' and runs[k]['use_pose']
+    off = next((k for k in (pa or {}).get('runs', []) if is_global(k) and not runs[k]['refine']), None)
+    ref = ((pa or {}).get('against') or {}).get(off, (pa or {}).get('reference'))
+    if off is None or not (is_global(ref) and runs[ref]['refine']) or off not in pa['differences'].get(ts, {}):
         return '(no view-frame run without the refiner was measured)'
     model = lambda k: q['scores'][ts][k]['model']
     v = _quoted_views(model(ref))
