@@ -1134,7 +1134,7 @@ def _pose_md(q) -> str:
     against = pa.get('against') or {k: ref for k in pa['runs'][1:]}      # results written before `against`
     for ts, diffs in pa['differences'].items():
         views = sorted({int(v) for k in pa['runs'] for v in q['scores'][ts].get(k, {}).get('model', {})})
-        iou = lambda k, v: q['scores'][ts].get(k, {}).get('model', {}).get(v, {}).get('iou')
+        iou = lambda k, v, scores=q['scores'][ts]: scores.get(k, {}).get('model', {}).get(v, {}).get('iou')
         rows = [(k, _model_kind(runs[k]), '' if k == ref else f"`{against[k]}`",
                  *[fmt_interval(iou(k, v)) if k == ref else
                    fmt_interval(diffs.get(k, {}).get(v, {}).get('iou'), signed=True) for v in views])
