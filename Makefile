@@ -25,7 +25,7 @@ help:
 	@echo "make results   BENCHMARKS.md and every number in the notebooks and README, from BENCHMARKS.json"
 	@echo "make nbclean   give every notebook the kernel metadata JupyterLab expects, then nbdev_clean"
 	@echo "make docs      build the documentation site into _docs/"
-	@echo "make bench     BENCHMARKS.md: speed, memory and quality (trains three more variants after the demo)"
+	@echo "make bench     BENCHMARKS.md: speed, memory and quality (trains the variants of BENCH_TRAIN after the demo)"
 	@echo "make faults    FAULTS.md: the whole fault-injection suite (the same cases every run)"
 	@echo "make faults-explore  the fuzz tests with 10x as many fresh random cases (finds new failures; writes nothing)"
 
