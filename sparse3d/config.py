@@ -66,7 +66,8 @@ class _Short(reprlib.Repr):
         return super().repr1(x, level)
 
 def quoted(value, limit: int = 80) -> str:
-    "`value` for a one-line message: `repr` with non-printables escaped, about `limit` characters; a clean path bare"
+    """`value` for a one-line message: `repr` with non-printables escaped, about `limit` characters; a clean path bare.
+    A string or bytes of at most `limit` items is always shown whole (its escapes can make it 10 times longer)"""
     if isinstance(value, os.PathLike):
         with contextlib.suppress(Exception): value = os.fspath(value)
         if isinstance(value, str) and value.isprintable() and 0 < len(value) <= _PATH_LIMIT: return value
@@ -75,7 +76,8 @@ def quoted(value, limit: int = 80) -> str:
     short.maxlevel = 3
     try: text = _escaped(short.repr(value))
     except Exception: text = _escaped(f"<{type(value).__name__} object>")       # a __repr__ that raises, or recursion
-    cap = 4 * limit + 40                          # escapes and nested values make a repr longer than `limit`
+    whole = isinstance(value, (str, bytes, bytearray)) and len(value) <= limit
+    cap = len(text) if whole else 4 * limit + 40  # escapes and nested values make a repr longer than `limit`
     return _cut(text[:cap], len(text), cap, 'characters')
 
 # %% ../nbs/00_config.ipynb #d50210a7

@@ -559,6 +559,7 @@ def relative_repo_links(out: Path, site: dict):
 _TABLE = re.compile(r'<table class="docutils[^"]*"[^>]*>.*?</table>', re.S)
 _CODE = re.compile(r'(<code class="docutils literal[^"]*)("[^>]*>)(.*?)(</code>)', re.S)
 LONG_CODE = 20          # characters: a name in a table cell longer than this may break, after _ . / only
+WIDE_TABLE = 8          # columns: a table with this many or more is set in a smaller type (sparse3d.css)
 
 
 def _text(html: str) -> str:
@@ -582,6 +583,10 @@ def _polish_table(table: str) -> str:
         table = table.replace('<table class="docutils', '<table class="docutils stack', 1)
         head, body = table.split('<tbody', 1)
         table = head + '<tbody' + re.sub(r'<tr\b.*?</tr>', row, body, flags=re.S)
+    if len(heads) >= WIDE_TABLE:           # smaller type, and its headers ("samples/s", "GFLOP/step") may break after /
+        table = table.replace('<table class="docutils', '<table class="docutils wide', 1)
+        head, rest = table.split('</thead>', 1)
+        table = re.sub(r'(?<=>)[^<]+', lambda t: t[0].replace('/', '/<wbr>'), head) + '</thead>' + rest
     table = _CODE.sub(code, table)
     # a long run of prose without spaces ("missing/non-cubic/huge/NaN") may break after / or _ too
     long_word = lambda t: re.sub(r'\S{%d,}' % (LONG_CODE + 1), lambda w: re.sub(r'([/_])(?=\w)', r'\1<wbr>', w[0]), t[0])
