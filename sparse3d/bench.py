@@ -20,6 +20,7 @@ __all__ = ['VIEW_SEED', 'METRICS', 'BASELINES', 'METHOD_NAMES', 'METRIC_NAMES', 
 import contextlib, json, math, os, platform, shlex, subprocess, sys, tempfile, time, warnings
 from dataclasses import dataclass, asdict, replace
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +35,7 @@ from .geometry import cell_centers
 from .metrics import bootstrap_interval, paired_bootstrap
 from .results import result_renderer
 from .data import Batch, MultiViewDataset, make_loader, packed_dir, pose_features, POSE_DIM
-from .model import VAEGAN, _ring_cameras, forward_time, flops_per_sample
+from .model import VAEGAN, _ring_cameras, forward_time, flops_per_sample, has_refiner
 from .preprocess import PreprocessSettings, preprocess_category, resize_frames, split_and_pack
 from .synthetic import render_dataset
 from .train import TrainState, Generative, optimizers, train_step, seed_everything, resolve_device
@@ -530,10 +531,10 @@ def pose_ablation(rows, runs: dict, n_boot=2000, seed=0) -> Optional[dict]:
     labels = pose_ablation_runs(runs)
     if not labels: return None
     against, diffs = dict(zip(labels[1:], labels)), {}
-    model = lambda ts, k: _select(rows, test_set=ts, run=k, method='model')
     for ts in dict.fromkeys(r['test_set'] for r in rows):
-        diffs[ts] = {k: difference_table(model(ts, k), model(ts, prev), n_boot=n_boot, seed=seed)
-                     for k, prev in against.items() if model(ts, k) and model(ts, prev)}
+        model = {k: _select(rows, test_set=ts, run=k, method='model') for k in labels}
+        diffs[ts] = {k: difference_table(model[k], model[prev], n_boot=n_boot, seed=seed)
+                     for k, prev in against.items() if model[k] and model[prev]}
     return dict(runs=labels, reference=labels[0], against=against, differences=diffs)
 
 def quality_aggregates(rows, runs: dict, n_boot=2000, seed=0) -> dict:
@@ -576,8 +577,9 @@ def evaluate_quality(path, test_dir, out_dir, train_dir, views='1,2,4,8', split=
                 baseline_settings=r.get('baseline_settings') if baselines else None)
 
 def _has_refiner(c) -> bool:
-    "Whether a model of config `c` has the silhouette refiner: `refine` with poses, global encoder (lifted: none)"
-    return bool(c.get('refine', True) and c['use_pose'] and c.get('encoder', 'global') == 'global')
+    "`has_refiner` (06_model) of a run's config as `evaluate_run` records it (a dict; old ones lack `encoder`)"
+    return has_refiner(SimpleNamespace(use_pose=c['use_pose'], refine=c.get('refine', True),
+                                       encoder=c.get('encoder', 'global')))
 
 def _run_entry(path, ev) -> dict:
     "What the tables say about a run: its checkpoint and settings, and its training time from `metrics.jsonl`"

@@ -6,8 +6,8 @@
 __all__ = ['CAMERA_KEYS', 'LIFT_TAPS', 'ViewEncoder', 'PoseEncoder', 'fuse', 'reparameterize', 'MultiViewEncoder', 'Generator',
            'Discriminator', 'pose_frame', 'decode_in_frame', 'OneDNNConv3d', 'HullRefiner', 'target_cameras',
            'camera_votes', 'refine_logits', 'ray_geometry', 'lift_views', 'fuse_views', 'LiftedDecoder', 'VAEOutput',
-           'is_lifted', 'encode_decode', 'VAEGAN', 'model_inputs', 'subsample_views', 'build_model', 'param_counts',
-           'flops_per_sample', 'forward_time']
+           'is_lifted', 'has_refiner', 'encode_decode', 'VAEGAN', 'model_inputs', 'subsample_views', 'build_model',
+           'param_counts', 'flops_per_sample', 'forward_time']
 
 # %% ../nbs/06_model.ipynb #e8d6cb3c
 import math
@@ -405,6 +405,10 @@ def is_lifted(cfg: Config) -> bool:
     "Whether `cfg` builds the lifted encoder: `encoder: lifted` and poses (without them the model is the global one)"
     return bool(cfg.use_pose) and getattr(cfg, 'encoder', 'global') == 'lifted'
 
+def has_refiner(cfg) -> bool:
+    "Whether `cfg` builds the silhouette refiner: poses, `refine: true`, the global encoder (the lifted has none)"
+    return bool(cfg.use_pose and cfg.refine) and not is_lifted(cfg)
+
 def encode_decode(m, images, poses=None, cameras=None, sample: bool = True, combine: Optional[str] = None):
     """`(VAEOutput, R0)`: the forward pass of `m` (a `VAEGAN`, or anything with its `cfg`, `encoder`, `generator`,
     `refiner` and `lifted`) and the rotation into the target frame (or None) that prior samples need too"""
@@ -431,7 +435,7 @@ class VAEGAN(nn.Module):
         self.generator = Generator(cfg.z_size, cfg.cube_len, init_occupancy=_initial_occupancy(cfg))
         self.discriminator = Discriminator(cfg.cube_len)
         lifted = is_lifted(cfg)
-        self.refiner = HullRefiner() if cfg.use_pose and cfg.refine and not lifted else None
+        self.refiner = HullRefiner() if has_refiner(cfg) else None
         taps = [self.encoder.view.map_channels[i] for i in LIFT_TAPS]
         self.lifted = LiftedDecoder(taps, cfg.z_size, cfg.voxel_frame, variance=cfg.lift_variance) if lifted else None
 
