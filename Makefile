@@ -19,7 +19,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 help:
 	@echo "make demo      render synthetic chairs, preprocess, train on CPU, evaluate; results in demo/"
 	@echo "make test      set up, check notebooks/package/README are in sync, run notebook tests and pytest"
-	@echo "make test-all  the same with slow and browser tests"
+	@echo "make test-all  the same with slow and browser tests, then builds the documentation site"
 	@echo "make lab       JupyterLab on the workbook (k3d and ipywidgets ready)"
 	@echo "make readme    regenerate README.md from nbs/index.ipynb"
 	@echo "make results   BENCHMARKS.md and every number in the notebooks and README, from BENCHMARKS.json"
@@ -44,13 +44,14 @@ $(STAMP): settings.ini setup.py tools/ensure_system_packages.sh
 
 # --- the demo: every step is a CLI a user would run; re-running it resumes where it stopped ---
 DEMO ?= demo
-DEMO_SEQUENCES ?= 160
+DEMO_SEQUENCES ?= 320
 DEMO_FRAMES ?= 16
 DEMO_CONFIG := sparse3d/configs/demo.yaml
 demo: setup
 	@mkdir -p $(DEMO)
-	@echo "== 1/4 render $(DEMO_SEQUENCES) synthetic chair sequences in the CO3D layout"
-	@$(BIN)/sparse3d_synth --out $(DEMO)/co3d --sequences $(DEMO_SEQUENCES) --frames $(DEMO_FRAMES) --image_size 96 --seed 0 --workers 2
+	@echo "== 1/4 render $(DEMO_SEQUENCES) synthetic chairs in the CO3D layout: half studio renders, half captures"
+	@$(BIN)/sparse3d_synth --out $(DEMO)/co3d --sequences $(DEMO_SEQUENCES) --frames $(DEMO_FRAMES) --image_size 96 \
+	  --seed 0 --realism mixed --workers 2
 	@echo "== 2/4 preprocess: voxels, poses, crops, splits, packed arrays"
 	@$(BIN)/sparse3d_preprocess --input_dir $(DEMO)/co3d --output_dir $(DEMO)/processed --config $(DEMO_CONFIG) --workers 2
 	@echo "== 3/4 train (resumes if a run is already there)"
@@ -62,11 +63,11 @@ demo: setup
 	  --output_dir $(DEMO)/eval --split test --views 1,2,4,8
 
 # --- checks: the notebooks are the source, everything else must match them ---
-# The linter reads the exported package (fix findings in the notebook the module names) and tests/; line length is
-# checked in the notebooks themselves (ruff reads their code cells; nbs/ is excluded only from the default run), since
-# nbdev's generated `__all__` lines in sparse3d/ can exceed it.
+# The linter reads the exported package (fix findings in the notebook the module names), tests/ and tools/; line
+# length is checked in the notebooks themselves (ruff reads their code cells; nbs/ is excluded only from the default
+# run), since nbdev's generated `__all__` lines in sparse3d/ can exceed it.
 lint: setup
-	@$(BIN)/ruff check sparse3d tests
+	@$(BIN)/ruff check sparse3d tests tools
 	@$(BIN)/ruff check --select E501 nbs
 
 # Every notebook names its kernel (python3) and language, as JupyterLab writes them when it opens one: without
@@ -116,6 +117,7 @@ test: check-clean check-export check-results check-readme lint
 test-all: check-clean check-export check-results check-readme lint
 	@$(MAKE) --no-print-directory nbtest NBFLAGS='--flags "slow browser"'
 	@$(MAKE) --no-print-directory pytest PYTEST_ARGS='-m "not cuda"'
+	@$(MAKE) --no-print-directory docs
 
 # JupyterLab as tools/jupyter/ configures it: no build check (a dependency's source extension would ask for a
 # rebuild at every start), nothing fetched from the web, and the kernel `python3` shown as the notebooks name it.
@@ -156,11 +158,12 @@ faults-explore: setup
 # the silhouette refiner, the lifted one without the variance of the views); and the same-frame pose ablation (grid in
 # the first view's axes: lifted; global with and without the refiner; no poses).
 # They are scored on test roots never used for a design choice: more chairs of the training families
-# (in-distribution), chairs of the grammar (styles never trained on) and families under capture realism.
+# (in-distribution), chairs of the grammar (styles never trained on), and both again under capture realism (frames
+# twice the demo's size, as the capture frames are larger than studio renders).
 BENCH_TRAIN ?= run_seed1 run_seed2 run_global run_global_norefine run_lifted_novar run_view run_view_global \
   run_view_norefine run_view_nopose
 BENCH_SEQUENCES ?= 120
-BENCH_TEST_SETS = in-distribution=$(DEMO)/bench/indist/processed:all;unseen styles=$(DEMO)/bench/styles/processed:all;capture=$(DEMO)/bench/capture/processed:all
+BENCH_TEST_SETS = in-distribution=$(DEMO)/bench/indist/processed:all;unseen styles=$(DEMO)/bench/styles/processed:all;capture=$(DEMO)/bench/capture/processed:all;capture, unseen styles=$(DEMO)/bench/capture_styles/processed:all
 BENCH_RUNS = demo=$(DEMO)/run/checkpoints/best.pt;demo, seed 1=$(DEMO)/run_seed1/checkpoints/best.pt;demo, seed 2=$(DEMO)/run_seed2/checkpoints/best.pt;global, refiner=$(DEMO)/run_global/checkpoints/best.pt;global, no refiner=$(DEMO)/run_global_norefine/checkpoints/best.pt;lifted, no variance=$(DEMO)/run_lifted_novar/checkpoints/best.pt;view frame, lifted=$(DEMO)/run_view/checkpoints/best.pt;view frame, global, refiner=$(DEMO)/run_view_global/checkpoints/best.pt;view frame, global, no refiner=$(DEMO)/run_view_norefine/checkpoints/best.pt;view frame, no pose=$(DEMO)/run_view_nopose/checkpoints/best.pt
 .PHONY: bench-train bench-data
 bench-train: demo
@@ -184,7 +187,8 @@ bench-train: demo
 
 # The test roots: rendered, processed and packed whole (split `all`); each step resumes.
 bench-data: setup
-	@for spec in "indist 101 families clean 96" "styles 102 grammar clean 96" "capture 103 families capture 192"; do \
+	@for spec in "indist 101 families clean 96" "styles 102 grammar clean 96" "capture 103 families capture 192" \
+	  "capture_styles 104 grammar capture 192"; do \
 	  set -- $$spec; d=$(DEMO)/bench/$$1; \
 	  echo "== test root $$1: $(BENCH_SEQUENCES) sequences, seed $$2, $$3 shapes, $$4 realism"; \
 	  $(BIN)/sparse3d_synth --out $$d/co3d --sequences $(BENCH_SEQUENCES) --frames $(DEMO_FRAMES) --image_size $$5 \

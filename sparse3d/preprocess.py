@@ -451,7 +451,7 @@ def read_depth_crop(depth_path, mask_path, box, size, scale_adjustment=1.0) -> n
     return depth
 
 # %% ../nbs/04_preprocess.ipynb #18cf3400
-PREPROCESS_VERSION = 2          # 2: the voxel target and normalisation come from the cleaned point cloud
+PREPROCESS_VERSION = 3          # 2: target and normalisation from the cleaned cloud; 3: depth crops on request
 
 @dataclass
 class PreprocessSettings:
@@ -468,6 +468,7 @@ class PreprocessSettings:
     min_vote: float = 0.5          # keep a point on the foreground of at least this share of the frames that see it
     min_mask_agreement: float = 0.95   # flag the sequence if fewer of the cleaned points' views are on the masks
     min_silhouette: float = 0.9    # flag it if the target's silhouettes cover or stay on the masks less (median view)
+    depth_crops: bool = False      # also crop the depth maps and their masks (nothing in sparse3d reads them)
 
     def __post_init__(self):
         for k in ('image_size', 'cube_len', 'fill', 'crop_margin'): setattr(self, k, check_value(k, getattr(self, k)))
@@ -588,7 +589,7 @@ def _process_frame(cat, f, box, msk, norm, st: PreprocessSettings, inst: Path):
             return 'camera out of range (its normalised pose is not finite in float32)'
     try:
         img, blank = read_image_crop(cat.path(f.image_path, 'image path'), box, S, f.image_size)
-        dep = None if f.depth_path is None else read_depth_crop(
+        dep = None if f.depth_path is None or not st.depth_crops else read_depth_crop(
             cat.path(f.depth_path, 'depth path'),
             f.depth_mask_path and cat.path(f.depth_mask_path, 'depth mask path'), box, S, f.depth_scale_adjustment)
     except DataError as e: return f"unreadable: {e}"
@@ -977,7 +978,8 @@ def _settings(config, **kw) -> PreprocessSettings:
     from sparse3d.config import load_config
     cfg = load_config(config, **{k: v for k, v in kw.items() if k in ('image_size', 'cube_len', 'fill', 'crop_margin')})
     return PreprocessSettings(cfg.image_size, cfg.cube_len, cfg.fill, cfg.crop_margin,
-                              bool(kw.get('apply_mask')), kw.get('max_frames') or 0)
+                              bool(kw.get('apply_mask')), kw.get('max_frames') or 0,
+                              depth_crops=bool(kw.get('depth_crops')))
 
 @call_parse
 def ply2voxel_cli(input:Param('a point cloud .ply', str, required=True)=None,
@@ -1026,11 +1028,12 @@ def preprocess_sequence_cli(input_dir:Param('CO3D root', str, required=True)=Non
                             fill:str=None, # surface or solid
                             crop_margin:float=None, # margin around the mask, fraction of its size
                             apply_mask:store_true=False, # black out the background in the stored images
-                            max_frames:int=0): # keep this many evenly spaced frames (0: all)
+                            max_frames:int=0, # keep this many evenly spaced frames (0: all)
+                            depth_crops:store_true=False): # also crop the depth maps (nothing in sparse3d reads them)
     "Process one sequence into <seq>_processed/ and <seq>_dataset_instance/"
     def run():
         st = _settings(config, image_size=image_size, cube_len=cube_len, fill=fill, crop_margin=crop_margin,
-                       apply_mask=apply_mask, max_frames=max_frames)
+                       apply_mask=apply_mask, max_frames=max_frames, depth_crops=depth_crops)
         meta = preprocess_sequence(input_dir, output_dir, category, sequence, st)
         print(f"{sequence}: {len(meta['frames'])} frames kept, {len(meta['dropped'])} dropped, "
               f"occupancy {meta['voxels']['occupancy']:.3f}")
@@ -1047,6 +1050,7 @@ def preprocess_cli(input_dir:Param('CO3D root (a download, or sparse3d_synth out
                    crop_margin:float=None, # margin around the mask, fraction of its size
                    apply_mask:store_true=False, # black out the background in the stored images
                    max_frames:int=0, # keep this many evenly spaced frames per sequence (0: all)
+                   depth_crops:store_true=False, # also crop the depth maps (nothing in sparse3d reads them)
                    workers:int=2, # parallel processes
                    seed:int=None, # seed of the split when the data have no set lists
                    no_split:store_true=False, # only process sequences; no split or packing
@@ -1061,7 +1065,7 @@ def preprocess_cli(input_dir:Param('CO3D root (a download, or sparse3d_synth out
                               "or run sparse3d_split with them afterwards.")
         parse_hold_out(hold_out)                            # a typo fails now, not after processing every sequence
         st = _settings(config, image_size=image_size, cube_len=cube_len, fill=fill, crop_margin=crop_margin,
-                       apply_mask=apply_mask, max_frames=max_frames)
+                       apply_mask=apply_mask, max_frames=max_frames, depth_crops=depth_crops)
         rep = preprocess_category(input_dir, output_dir, category, st, workers)
         print(f"{len(rep['done'])} sequences processed, {len(rep['skipped_done'])} already done, "
               f"{len(rep['failed'])} failed "

@@ -1,6 +1,6 @@
 """The command lines end to end, as a user runs them: synthetic CO3D root -> preprocess -> train -> resume,
 bad values refused before any work, and DistributedDataParallel with two gloo processes."""
-import json, sys
+import json, shutil, sys
 
 import numpy as np
 import pytest
@@ -42,6 +42,22 @@ def test_one_worker_equals_two(processed, tmp_path):
             a = np.load(processed/'proc'/'chair'/'packed'/split/f'{name}.npy')
             b = np.load(tmp_path/'chair'/'packed'/split/f'{name}.npy')
             assert np.array_equal(a, b), (name, split)
+
+
+def test_depth_crops_on_request(processed, tmp_path):
+    "Depth crops are written only with --depth_crops; asking for them later redoes every sequence (settings changed)"
+    chair = processed/'proc'/'chair'
+    seq = json.loads((chair/'splits.json').read_text())['train'][0]
+    assert not (chair/f'{seq}_dataset_instance'/'depths').exists()
+    shutil.copytree(processed/'proc', tmp_path/'proc')
+    p = run(BIN/'sparse3d_preprocess', '--input_dir', processed/'co3d', '--output_dir', tmp_path/'proc', '--image_size',
+            64, '--depth_crops', '--workers', 2)
+    assert '8 sequences processed, 0 already done' in p.stdout, p.stdout
+    inst = tmp_path/'proc'/'chair'/f'{seq}_dataset_instance'
+    assert len(list((inst/'depths').glob('frame*.png'))) == 6 == len(list((inst/'depth_masks').glob('frame*.png')))
+    for name in ('images', 'masks', 'voxels'):                  # the depths change nothing the model reads
+        a = np.load(chair/'packed'/'train'/f'{name}.npy')
+        assert np.array_equal(a, np.load(tmp_path/'proc'/'chair'/'packed'/'train'/f'{name}.npy')), name
 
 
 def test_preprocess_holds_out_and_packs_all(processed, tmp_path):

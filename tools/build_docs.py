@@ -31,7 +31,8 @@ between symbols), and gives Quarto's half to Sphinx with MyST-NB and the Furo th
    only once per page, which Sphinx's search needs; pictures sized) and checked: nothing is loaded from
    the web, and every link between pages leads to a page and to an anchor on it (else the build fails).
 
-usage: python tools/build_docs.py [--out _docs] [--only 00_config ...] [--strict] [--quiet] [--stage DIR] [--summary FILE]
+usage: python tools/build_docs.py [--out _docs] [--only 00_config ...] [--strict] [--quiet] [--stage DIR] \
+[--summary FILE]
 """
 import argparse, ast, base64, configparser, hashlib, json, os, re, shutil, subprocess, sys, time, warnings
 from pathlib import Path
@@ -55,7 +56,8 @@ def settings() -> dict:
 
 
 def page_name(nb: Path) -> str:
-    "The page a notebook becomes, relative to nbs/ and without suffix, as nbdev names it: tutorials/foo, config (from 00_config)"
+    ("The page a notebook becomes, relative to nbs/ and without suffix, as nbdev names it: "
+     "tutorials/foo, config (from 00_config)")
     rel = nb.relative_to(NBS)
     return (rel.parent/re.sub(r'^\d+[a-zA-Z0-9]*_', '', rel.stem.lower())).as_posix()
 
@@ -65,7 +67,8 @@ SECTIONS = ('explanations', 'tutorials')
 
 
 def notebooks(only=None) -> list:
-    "index.ipynb, the numbered chapters, then the `SECTIONS`; with `only`, index plus the notebooks whose stem or page is in it"
+    ("index.ipynb, the numbered chapters, then the `SECTIONS`; "
+     "with `only`, index plus the notebooks whose stem or page is in it")
     chapters = sorted(p for p in NBS.glob('*.ipynb') if p.name != 'index.ipynb')
     sections = [p for folder in SECTIONS for p in sorted((NBS/folder).glob('*.ipynb'))]
     nbs = [NBS/'index.ipynb', *chapters, *sections]
@@ -81,7 +84,8 @@ def _imports_only(src: str):
     try: tree = ast.parse(src)
     except SyntaxError: return None
     lines = src.splitlines()
-    parts = ['\n'.join(lines[n.lineno - 1:n.end_lineno]) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    parts = ['\n'.join(lines[n.lineno - 1:n.end_lineno]) for n in tree.body
+             if isinstance(n, (ast.Import, ast.ImportFrom))]
     return '\n'.join(parts) or None
 
 
@@ -120,8 +124,8 @@ def _processors():
                                    f"(notebook '{title}'):\n{src}\n{type(exc).__name__}: {exc}") from None
 
         def _fallback(self, cell):
-            "show_doc itself failed on an object that exists (fastcore's docments compares defaults with `!=`, which a numpy "
-            "array default breaks): document it from its signature and docstring instead, and say so"
+            ("show_doc itself failed on an object that exists (fastcore's docments compares defaults with `!=`, "
+             "which a numpy array default breaks): document it from its signature and docstring instead, and say so")
             import inspect
             m = re.search(r'show_doc\(\s*([\w.]+)', cell.source)
             obj = eval(m[1], self.k.user_ns) if m and m[1].split('.')[0] in self.k.user_ns else None
@@ -177,7 +181,8 @@ def _md_output(outs) -> str:
 
 
 def _local(nb: Path, target: str):
-    "The file a relative link of notebook `nb` points at (the home page's links are relative to the repository, as README's), or None"
+    ("The file a relative link of notebook `nb` points at (the home page's links are relative to the repository, "
+     "as README's), or None")
     if re.match(r'^[a-z][\w+.-]*:', target) or target.startswith(('/', '#')): return None
     for base in (nb.parent, ROOT) if nb.name == 'index.ipynb' else (nb.parent,):
         p = (base/target).resolve()
@@ -192,15 +197,16 @@ def _section_id(heading: str) -> str:
 
 
 def _sd_heading(m) -> str:
-    "A show_doc heading with nbdev's anchor (`#load_config`) before it, unless its section already has that id: two"
-    "elements with one id would make the search page take the empty anchor for the section, and fail on it"
+    ("A show_doc heading with nbdev's anchor (`#load_config`) before it, unless its section already has that id: two "
+     "elements with one id would make the search page take the empty anchor for the section, and fail on it")
     anchor = m[2].lower()
     mark = '' if _section_id(m[2]) == anchor else f'<a id="{anchor}" class="sd-anchor"></a>\n\n'
     return f'{mark}{m[1]} {m[2]}'
 
 
 def _fix_markdown(md: str, nb: Path, page: str, site: dict, media: Path = None, included=None) -> str:
-    "Quarto-only syntax out; show_doc headings get nbdev's anchors; local pictures copied beside the pages; links between notebooks become links between pages"
+    ("Quarto-only syntax out; show_doc headings get nbdev's anchors; local pictures copied beside the pages; "
+     "links between notebooks become links between pages")
     def image(m):
         p = _local(nb, m[2])
         if p is None or media is None or not p.is_file(): return m[0]
@@ -209,7 +215,8 @@ def _fix_markdown(md: str, nb: Path, page: str, site: dict, media: Path = None, 
         if not dst.exists() or dst.read_bytes() != p.read_bytes(): shutil.copyfile(p, dst)
         return f'{m[1]}{"../" * page.count("/")}{media.name}/{dst.name}{m[3]}'
     md = re.sub(r'(!\[[^\]]*\]\()([^)\s]+)(\))', image, md)
-    md = _QUARTO_ATTRS.sub(lambda m: f'<a href="{m[2]}" class="sd-source">{m[1]}</a>' if m[1] == 'source' else f'[{m[1]}]({m[2]})', md)
+    md = _QUARTO_ATTRS.sub(lambda m: f'<a href="{m[2]}" class="sd-source">{m[1]}</a>' if m[1] == 'source'
+                           else f'[{m[1]}]({m[2]})', md)
     md = _SD_HEADING.sub(_sd_heading, md)
     depth = page.count('/')
 
@@ -225,7 +232,8 @@ def _fix_markdown(md: str, nb: Path, page: str, site: dict, media: Path = None, 
         if p.parent == ROOT and p.name in REPORTS and p.is_file():      # a generated report: its own page
             return f'{m[1]}{"../" * depth}{REPORTS[p.name]}.md{m[3] or ""}{m[4]}'
         kind = 'tree' if p.is_dir() else 'blob'         # another file of the repository: in this checkout (below)
-        return f'{m[1]}{site["git_url"]}/{kind}/{site.get("branch", "main")}/{p.relative_to(ROOT).as_posix()}{m[3] or ""}{m[4]}'
+        return (f'{m[1]}{site["git_url"]}/{kind}/{site.get("branch", "main")}/'
+                f'{p.relative_to(ROOT).as_posix()}{m[3] or ""}{m[4]}')
     return _MD_LINK.sub(link, md)
 
 
@@ -260,7 +268,8 @@ _EXPORT_DIRECTIVE = re.compile(r'^\s*#\|\s*export[is]?\b', re.MULTILINE)
 
 def _patched_classes(fn) -> list:
     "The classes a fastcore `@patch` function is added to (its first argument's annotation: `A` or `A|B` or `(A, B)`)"
-    deco = lambda d: getattr(d.func if isinstance(d, ast.Call) else d, 'id', getattr(getattr(d, 'func', d), 'attr', None))
+    deco = lambda d: getattr(d.func if isinstance(d, ast.Call) else d, 'id',
+                             getattr(getattr(d, 'func', d), 'attr', None))
     if not any(deco(d) == 'patch' for d in fn.decorator_list) or not fn.args.args: return []
     ann = fn.args.args[0].annotation
     parts = ann.elts if isinstance(ann, ast.Tuple) else [ann.left, ann.right] if isinstance(ann, ast.BinOp) else [ann]
@@ -275,7 +284,8 @@ def defined_anchors(src: str) -> list:
     names = []
     for n in tree.body:
         if isinstance(n, ast.ClassDef):
-            names += [n.name] + [f'{n.name}.{m.name}' for m in n.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
+            names += [n.name] + [f'{n.name}.{m.name}' for m in n.body
+                                 if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
         elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
             names += [f'{c}.{n.name}' for c in _patched_classes(n)] or [n.name]
     return [x.lower() for x in names]
@@ -300,7 +310,8 @@ def _anchor_missing(cells: list):
                 owner = headings.get(_section_id(cls)) if cls else None
                 if owner is None: ids.append(a); continue
                 heading = re.compile(r'^(#{3,5} )' + re.escape(cls) + r'\s*$', re.MULTILINE | re.IGNORECASE)
-                owner['source'] = heading.sub(lambda m: f'<a id="{a}" class="sd-anchor"></a>\n\n{m[0]}', owner['source'], count=1)
+                owner['source'] = heading.sub(lambda m, a=a: f'<a id="{a}" class="sd-anchor"></a>\n\n{m[0]}',
+                                              owner['source'], count=1)
             if not ids: continue
             c['source'] = ''.join(f'<a id="{a}" class="sd-anchor"></a>' for a in ids)
         keep.append(c)
@@ -341,7 +352,8 @@ def process_notebook(nb_path: Path, site: dict, wanted: set, media: Path = None,
     if fm.get('description'): head += f'\n```{{container}} description\n{fm["description"]}\n```\n'
     cells = [dict(cell_type='markdown', metadata={}, source=head)]
     for c in nb.cells:
-        if c.get('id') in anchors_at: cells.append(dict(cell_type='markdown', metadata={}, source='', anchors_=anchors_at[c.get('id')]))
+        if c.get('id') in anchors_at:
+            cells.append(dict(cell_type='markdown', metadata={}, source='', anchors_=anchors_at[c.get('id')]))
         if c.cell_type == 'raw' or c.get('source') is None: continue
         opts = _options(c)
         if opts.get('include') is False: continue
@@ -353,9 +365,13 @@ def process_notebook(nb_path: Path, site: dict, wanted: set, media: Path = None,
         if opts.get('output') == 'asis':
             md = _md_output(outs)
             if opts.get('echo', True) is not False:
-                cells.append(dict(cell_type='code', metadata={}, source=_DIRECTIVE.sub('', c.source).strip(), outputs=[], execution_count=None))
-            md = re.sub(r'^\s*---\s*\n', '', md)                        # show_doc's rule: CSS draws it (a transition here upsets docutils)
-            if md.strip(): cells.append(dict(cell_type='markdown', metadata={}, source=_fix_markdown(md, nb_path, page, site, media, included)))
+                cells.append(dict(cell_type='code', metadata={}, source=_DIRECTIVE.sub('', c.source).strip(),
+                                  outputs=[], execution_count=None))
+            # show_doc's rule: CSS draws it (a transition here upsets docutils)
+            md = re.sub(r'^\s*---\s*\n', '', md)
+            if md.strip():
+                cells.append(dict(cell_type='markdown', metadata={},
+                                  source=_fix_markdown(md, nb_path, page, site, media, included)))
             continue
         tags = []
         if opts.get('echo') is False: tags.append('remove-input')
@@ -363,7 +379,8 @@ def process_notebook(nb_path: Path, site: dict, wanted: set, media: Path = None,
         src = _DIRECTIVE.sub('', c.source).strip()
         if not src and not outs: continue
         if not src and 'remove-input' not in tags: tags.append('remove-input')
-        cells.append(dict(cell_type='code', metadata={'tags': tags} if tags else {}, source=src, outputs=outs, execution_count=None))
+        cells.append(dict(cell_type='code', metadata={'tags': tags} if tags else {}, source=src, outputs=outs,
+                          execution_count=None))
     if pending: cells.append(dict(cell_type='markdown', metadata={}, source='', anchors_=pending))
     _anchor_missing(cells)
     doc = dict(cells=cells, nbformat=4, nbformat_minor=5,
@@ -395,7 +412,8 @@ def stage_reports(stage_dir: Path) -> list:
 
 
 def stage(nbs: list, stage_dir: Path, site: dict, quiet=False) -> set:
-    "Write the MyST-NB notebooks of `nbs` under `stage_dir` (only those that changed), and the reports; the snapshots they ask for"
+    ("Write the MyST-NB notebooks of `nbs` under `stage_dir` (only those that changed), and the reports; "
+     "the snapshots they ask for")
     wanted, pages = set(), []
     written = set()
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -417,9 +435,9 @@ def stage(nbs: list, stage_dir: Path, site: dict, quiet=False) -> set:
         if not dst.exists() or dst.read_text(encoding='utf-8') != text: dst.write_text(text, encoding='utf-8')
         written.add(dst)
         if not quiet: print(f'  {p.relative_to(ROOT)} -> {page}.html ({time.perf_counter() - t0:.1f} s)', flush=True)
-    for old in stage_dir.glob('*.md'):                           # reports that are gone (or were staged under another name)
+    for old in stage_dir.glob('*.md'):          # reports that are gone (or were staged under another name)
         if old.stem not in reports: old.unlink()
-    for old in stage_dir.rglob('*.ipynb'):                       # pages of notebooks that are gone
+    for old in stage_dir.rglob('*.ipynb'):      # pages of notebooks that are gone
         if old not in written: old.unlink()
     return wanted
 
@@ -429,12 +447,12 @@ def stage(nbs: list, stage_dir: Path, site: dict, quiet=False) -> set:
 def sphinx(stage_dir: Path, out: Path, strict=False, quiet=False) -> list:
     "Run sphinx-build (in its own process); the warnings it printed"
     log = out.parent/'sphinx-warnings.log'
-    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-q', '-j', '1', '-c', str(CONF_DIR), '-d', str(out.parent/'doctrees'),
-           '-w', str(log), str(stage_dir), str(out)]
+    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-q', '-j', '1', '-c', str(CONF_DIR),
+           '-d', str(out.parent/'doctrees'), '-w', str(log), str(stage_dir), str(out)]
     if strict: cmd.insert(3, '-W')
     env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'SPARSE3D_ROOT': str(ROOT)}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    warns = [l for l in (log.read_text(encoding='utf-8').splitlines() if log.exists() else []) if l.strip()]
+    warns = [line for line in (log.read_text(encoding='utf-8').splitlines() if log.exists() else []) if line.strip()]
     if res.returncode:
         raise DocsError(f'sphinx-build failed (exit {res.returncode}):\n{res.stderr[-4000:]}')
     if warns and not quiet: print('Sphinx warnings:\n  ' + '\n  '.join(warns), flush=True)
@@ -444,7 +462,8 @@ def sphinx(stage_dir: Path, out: Path, strict=False, quiet=False) -> list:
 # --- 4. k3d snapshots --------------------------------------------------------------------------------------
 
 def _synthetic_sample(n_views=4, seed=0):
-    "One synthetic chair as MultiViewDataset gives it (views, masks, cameras, voxels): rendered, preprocessed and packed here"
+    ("One synthetic chair as MultiViewDataset gives it (views, masks, cameras, voxels): "
+     "rendered, preprocessed and packed here")
     import tempfile
     from sparse3d.synthetic import render_dataset
     from sparse3d.preprocess import PreprocessSettings, preprocess_category, split_and_pack
@@ -454,7 +473,8 @@ def _synthetic_sample(n_views=4, seed=0):
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             render_dataset(tmp/'co3d', n_sequences=3, n_frames=8, image_size=64, seed=seed, workers=1, progress=False)
-            preprocess_category(tmp/'co3d', tmp/'proc', 'chair', PreprocessSettings(image_size=64, cube_len=32), workers=1, progress=False)
+            preprocess_category(tmp/'co3d', tmp/'proc', 'chair', PreprocessSettings(image_size=64, cube_len=32),
+                                workers=1, progress=False)
             split_and_pack(tmp/'proc', 'chair', tmp/'co3d', progress=False)
             ds = MultiViewDataset(tmp/'proc', 'train', num_views=n_views, train=False)
             return ds[0]
@@ -487,22 +507,26 @@ def snapshot_toy_chair():
 
 
 # name -> (function making the k3d plot, title of the frame)
-SNAPSHOTS = {'chair_hull': (snapshot_chair_hull, 'A synthetic chair: ground truth against its visual hull from 4 views'),
-             'toy_chair': (snapshot_toy_chair, 'A blocky chair against a guess with a missed leg and an invented armrest')}
+SNAPSHOTS = {
+    'chair_hull': (snapshot_chair_hull, 'A synthetic chair: ground truth against its visual hull from 4 views'),
+    'toy_chair': (snapshot_toy_chair, 'A blocky chair against a guess with a missed leg and an invented armrest')}
 
 
 def make_snapshots(names, dst: Path, cache: Path, quiet=False):
     "Write the k3d snapshot pages `names` to `dst`; each is kept in `cache` until sparse3d or this file changes"
     import k3d, sparse3d
     from sparse3d.viz import save_snapshot
-    key_src = Path(__file__).read_bytes() + (ROOT/'sparse3d'/'viz.py').read_bytes() + f'{k3d.__version__} {sparse3d.__version__}'.encode()
+    key_src = (Path(__file__).read_bytes() + (ROOT/'sparse3d'/'viz.py').read_bytes()
+               + f'{k3d.__version__} {sparse3d.__version__}'.encode())
     key = hashlib.sha256(key_src).hexdigest()[:16]
     # the site's favicon, inlined: a snapshot opened on its own ("Open full size", or saved) stays self-contained
     icon = 'data:image/svg+xml;base64,' + base64.b64encode((CONF_DIR/'_static'/'favicon.svg').read_bytes()).decode()
     project = settings()['lib_name']
     dst.mkdir(parents=True, exist_ok=True)
     for name in sorted(names):
-        if name not in SNAPSHOTS: raise DocsError(f'a notebook asks for k3d snapshot {name!r}; known: {", ".join(SNAPSHOTS)} (tools/build_docs.py)')
+        if name not in SNAPSHOTS:
+            raise DocsError(f'a notebook asks for k3d snapshot {name!r}; known: {", ".join(SNAPSHOTS)} '
+                            '(tools/build_docs.py)')
         cached = cache/f'{name}-{key}.html'
         if not cached.exists():
             t0 = time.perf_counter()
@@ -529,10 +553,11 @@ def relative_site_links(out: Path, site: dict):
         html = f.read_text(encoding='utf-8')
         if base not in html: continue
         rel = '../' * (len(f.relative_to(out).parts) - 1)
-        def fix(m):
+        def fix(m, rel=rel):
             target = m[2] or 'index.html'
             if target.startswith('#'): target = 'index.html' + target
-            if not (out/target.split('#')[0]).is_file(): return m[0]     # a page this (partial) build lacks: the published one
+            # a page this (partial) build lacks: the published one
+            if not (out/target.split('#')[0]).is_file(): return m[0]
             return f'{m[1]}{rel}{target}{m[3]}'
         html = pat.sub(fix, html)
         html = html.replace('class="reference external" href="' + rel, 'class="reference internal" href="' + rel)
@@ -549,7 +574,7 @@ def relative_repo_links(out: Path, site: dict):
         if '_static' in f.relative_to(out).parts: continue
         html = f.read_text(encoding='utf-8')
         if site['git_url'] not in html: continue
-        def fix(m):
+        def fix(m, f=f):
             target = root/m[2]
             if not target.exists(): return m[0]
             return f'{m[1]}{Path(os.path.relpath(target, f.parent.resolve())).as_posix()}{m[3] or ""}{m[4]}'
@@ -569,7 +594,8 @@ def _text(html: str) -> str:
 
 def _polish_table(table: str) -> str:
     "A table that fits its column: header labels on the cells (for the phone layout), long names breakable after _ . /"
-    heads = [_text(h) for h in re.findall(r'<th\b[^>]*>(.*?)</th>', table.split('</thead>')[0], re.S)] if '<thead' in table else []
+    heads = ([_text(h) for h in re.findall(r'<th\b[^>]*>(.*?)</th>', table.split('</thead>')[0], re.S)]
+             if '<thead' in table else [])
     def code(m):
         if len(_text(m[3])) <= LONG_CODE: return m[0]
         inner = re.sub(r'(?<=>)([^<]+)', lambda t: re.sub(r'([_./])(?=\w)', r'\1<wbr>', t[1]), m[3])
@@ -589,7 +615,8 @@ def _polish_table(table: str) -> str:
         table = re.sub(r'(?<=>)[^<]+', lambda t: t[0].replace('/', '/<wbr>'), head) + '</thead>' + rest
     table = _CODE.sub(code, table)
     # a long run of prose without spaces ("missing/non-cubic/huge/NaN") may break after / or _ too
-    long_word = lambda t: re.sub(r'\S{%d,}' % (LONG_CODE + 1), lambda w: re.sub(r'([/_])(?=\w)', r'\1<wbr>', w[0]), t[0])
+    long_word = lambda t: re.sub(r'\S{%d,}' % (LONG_CODE + 1),
+                                 lambda w: re.sub(r'([/_])(?=\w)', r'\1<wbr>', w[0]), t[0])
     return re.sub(r'(<code\b.*?</code>)|(?<=>)[^<]+', lambda m: m[1] or long_word(m), table, flags=re.S)
 
 
@@ -597,8 +624,9 @@ _SD_ANCHOR = re.compile(r'<a id="([^"]+)" class="sd-anchor"></a>')
 
 
 def _drop_duplicate_anchors(html: str) -> str:
-    "Remove the nbdev anchors (`sd-anchor`) whose id another element of the page already has (MyST gives `load_config`"
-    "a target of its own): one id, one element, else the search page takes an empty anchor for a section and fails"
+    ("Remove the nbdev anchors (`sd-anchor`) whose id another element of the page already has (MyST gives "
+     "`load_config` a target of its own): one id, one element, else the search page takes an empty anchor for a "
+     "section and fails")
     ids = re.findall(r'\bid="([^"]+)"', html)
     twice = {i for i in ids if ids.count(i) > 1} if len(ids) != len(set(ids)) else set()
     if not twice: return html
@@ -607,8 +635,8 @@ def _drop_duplicate_anchors(html: str) -> str:
 
 
 def _sized_images(html: str, page: Path) -> str:
-    "Pictures with their width and height: the page keeps its layout while they load, so a link to an anchor below"
-    "one lands on the anchor (without them, the browser scrolls, then the pictures push the anchor down)"
+    ("Pictures with their width and height: the page keeps its layout while they load, so a link to an anchor below "
+     "one lands on the anchor (without them, the browser scrolls, then the pictures push the anchor down)")
     from PIL import Image
     def size(m):
         src = re.search(r'\bsrc="([^"]+)"', m[0])
@@ -655,12 +683,14 @@ def check_links(out: Path) -> list:
     bad = []
     for p, h in text.items():
         for href in dict.fromkeys(re.findall(r'<a\b[^>]*?\bhref="([^"]*)"', h)):
-            if re.match(r'^[a-z][\w+.-]*:', href) or href.startswith('//'): continue     # the web (checked offline elsewhere)
+            # the web (checked offline elsewhere)
+            if re.match(r'^[a-z][\w+.-]*:', href) or href.startswith('//'): continue
             u = urlsplit(href)
             target = (p.parent/unquote(u.path)).resolve() if u.path else p
             if not target.exists(): bad.append(f'{p.relative_to(out)}: {href} (no such file)')
             elif u.fragment and target in ids and unquote(u.fragment) not in ids[target]:
-                bad.append(f'{p.relative_to(out)}: {href} (no anchor #{unquote(u.fragment)} on {target.relative_to(out)})')
+                bad.append(f'{p.relative_to(out)}: {href} '
+                           f'(no anchor #{unquote(u.fragment)} on {target.relative_to(out)})')
     return bad
 
 
@@ -679,7 +709,8 @@ def build(out=OUT, only=None, strict=False, quiet=False, stage_dir=None) -> dict
     "Build the site into `out`; a summary"
     t0 = time.perf_counter()
     out, site = Path(out), settings()
-    stage_dir = Path(stage_dir) if stage_dir else (STAGE if not only else STAGE.with_name('sphinx-' + '-'.join(sorted(only))))
+    stage_dir = (Path(stage_dir) if stage_dir
+                 else (STAGE if not only else STAGE.with_name('sphinx-' + '-'.join(sorted(only)))))
     stage_dir.mkdir(parents=True, exist_ok=True)
     nbs = notebooks(only)
     if not quiet: print(f'processing {len(nbs)} notebooks', flush=True)
@@ -699,10 +730,14 @@ def build(out=OUT, only=None, strict=False, quiet=False, stage_dir=None) -> dict
     bad = check_offline(out)
     if bad: raise DocsError('pages that need the internet:\n  ' + '\n  '.join(bad))
     bad = check_links(out)
-    if bad: raise DocsError('links that lead nowhere (a missing page, or an anchor the page lacks):\n  ' + '\n  '.join(bad))
-    pages = sorted(str(p.relative_to(out)) for p in out.rglob('*.html') if '_static' not in p.parts and p.name not in ('genindex.html', 'search.html'))
+    if bad:
+        raise DocsError('links that lead nowhere (a missing page, or an anchor the page lacks):\n  ' + '\n  '.join(bad))
+    pages = sorted(str(p.relative_to(out)) for p in out.rglob('*.html')
+                   if '_static' not in p.parts and p.name not in ('genindex.html', 'search.html'))
     secs = time.perf_counter() - t0
-    if not quiet: print(f'{len(pages)} pages, {len(wanted)} k3d snapshots, {len(warns)} warnings in {secs:.0f} s: open {out/"index.html"}')
+    if not quiet:
+        print(f'{len(pages)} pages, {len(wanted)} k3d snapshots, {len(warns)} warnings in {secs:.0f} s: '
+              f'open {out/"index.html"}')
     return dict(pages=pages, snapshots=sorted(wanted), warnings=warns, seconds=secs)
 
 
