@@ -111,15 +111,19 @@ def render_result(name: str, results: dict) -> str:
 # %% ../nbs/12_results.ipynb #99a6a511
 @result_renderer('speed_table')
 def speed_table(results: dict) -> str:
-    "Markdown table: training speed, inference time, data loader speed and training memory of a benchmark run"
-    from sparse3d.bench import fmt_bytes, fmt_num, summary
+    """Markdown table: training speed and inference time of each encoder measured (at the benchmark's shape), data
+    loader speed and training memory of a benchmark run"""
+    from sparse3d.bench import encoder_speeds, fmt_bytes, fmt_num, summary
     s, t = summary(results), results.get('train') or {}
     rows = []
-    if s.get('train_samples_per_s') is not None:
-        frac = ('' if s.get('train_fraction') is None
-                else f", {s['train_fraction']:.0%} of this machine's matmul throughput")
-        rows.append((f"training, batch {t['batch_size']}", f"{s['train_samples_per_s']:.1f} samples/s{frac}"))
-    if s.get('inference_ms') is not None: rows.append(('inference, one object', f"{s['inference_ms']:.1f} ms"))
+    for e in (e for e in encoder_speeds(results) if e['shape'] == 'bench'):
+        if e['train_samples_per_s'] is not None:
+            frac = ('' if e['train_fraction'] is None
+                    else f", {e['train_fraction']:.0%} of this machine's matmul throughput")
+            rows.append((f"training, {e['encoder']} encoder, batch {e['batch_size']}",
+                         f"{e['train_samples_per_s']:.1f} samples/s{frac}"))
+        if e['infer_ms'] is not None:
+            rows.append((f"inference, {e['encoder']} encoder, one object", f"{e['infer_ms']:.1f} ms"))
     if s.get('loader_samples_per_s') is not None:
         procs = 'one process' if s['loader_workers'] == 0 else f"{s['loader_workers']} worker processes"
         times = '' if s.get('loader_multiple') is None else f", {s['loader_multiple']:.0f}x what training consumes"
